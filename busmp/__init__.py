@@ -1,0 +1,38 @@
+"""busmp: an in-memory event bus whose handlers run in worker processes.
+
+Data flow (``workers=N``)::
+
+   parent process                                            worker process k
+   ──────────────                                            ────────────────
+   subscribe(ev) ─encode─▶ [slot ring: header | slots] ───▶ job ring k ─▶ decode ─▶ middleware ─▶ handlers
+                              ▲  free list / pending: parent                                        │
+   publish() ── jobs + one wake-up per worker ─┘                                                    ▼
+   collector ◀──────────── [result ring k: done, outcomes, dead letters, emitted events] ◀──────────┘
+     ├─ hooks (on_before / on_after / on_error) run here, in the parent
+     ├─ DeadLetterQueue, metrics, statistics
+     └─ emitted events ─▶ straight back into the slot ring as new work
+
+With ``workers=0`` the same pipeline runs inline: ``publish()`` decodes the pending slots and
+calls the handlers itself. See ``_ring`` for the memory layout and who writes which word.
+"""
+
+from ._dispatch import BatchHandler, Dispatcher, Handler, Middleware
+from ._dlq import DeadLetter, DeadLetterQueue
+from ._errors import BufferFull, BusError, HandlerPanic, RemoteError, StoreClosed, WorkerCrashed
+from ._event import Context, Event, Result
+from ._metrics import Metrics, Stats
+from ._middleware import constant_backoff, exponential_backoff, with_retry
+from ._policy import BLOCK, DROP_OLDEST, RETURN_ERROR, OverrunPolicy
+from ._schedule import Timer
+from ._store import EventStore
+from ._transaction import Transaction
+
+__all__ = [
+    "BLOCK", "DROP_OLDEST", "RETURN_ERROR",
+    "BatchHandler", "BufferFull", "BusError", "Context", "DeadLetter", "DeadLetterQueue",
+    "Dispatcher", "Event", "EventStore", "Handler", "HandlerPanic", "Metrics", "Middleware",
+    "OverrunPolicy", "RemoteError", "Result", "Stats", "StoreClosed", "Timer", "Transaction",
+    "WorkerCrashed", "constant_backoff", "exponential_backoff", "with_retry",
+]
+
+__version__ = "0.1.0"

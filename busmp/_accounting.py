@@ -1,0 +1,76 @@
+"""The parent's side of every handler outcome: lifecycle hooks, dead letters and counters.
+
+Outcomes arrive here live in sync mode (the pipeline calls :class:`Accounting` directly) and
+replayed from result rings in worker mode; either way hooks run in the process that owns the
+store. A hook that raises is logged and does not disturb the bus.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ._dlq import DeadLetter
+from ._event import Context, Event, Result
+from ._pipeline import Item
+
+if TYPE_CHECKING:
+    from ._dlq import DeadLetterQueue
+
+__all__ = ["Accounting", "BeforeHook", "AfterHook", "ErrorHook"]
+
+log = logging.getLogger("busmp")
+
+BeforeHook = Callable[[Context, Event], None]
+AfterHook = Callable[[Context, Event, Result, "BaseException | None"], None]
+ErrorHook = Callable[[Context, Event, BaseException], None]
+
+
+class Accounting:
+    """Hooks, counters and the dead-letter queue of one store."""
+
+    def __init__(self, dlq: Callable[[], DeadLetterQueue | None]) -> None:
+        self._dlq = dlq
+        self._lock = threading.Lock()
+        self.before_hooks: list[BeforeHook] = []
+        self.after_hooks: list[AfterHook] = []
+        self.error_hooks: list[ErrorHook] = []
+        self.processed = 0
+        self.errors = 0
+
+    @property
+    def wants_results(self) -> bool:
+        """Whether anyone looks at individual outcomes (else workers may send counts only)."""
+        return bool(self.before_hooks or self.after_hooks or self.error_hooks)
+
+    def before(self, item: Item, handler: str) -> None:
+        for hook in self.before_hooks:
+            self._call_hook(hook, item.ctx, item.event)
+
+    def after(self, item: Item, handler: str, result: Result | None, error: BaseException | None) -> None:
+        with self._lock:
+            self.processed += 1
+            if error is not None:
+                self.errors += 1
+        if error is not None:
+            self.dead_letter(item.event, error, item.attempts + 1, handler)
+            if item.ticket is not None:
+                item.ticket.errors.append(error)
+            for hook in self.error_hooks:
+                self._call_hook(hook, item.ctx, item.event, error)
+        for after_hook in self.after_hooks:
+            self._call_hook(after_hook, item.ctx, item.event, result if result is not None else Result(), error)
+
+    def dead_letter(self, event: Event, error: BaseException, attempts: int, handler: str) -> None:
+        queue = self._dlq()
+        if queue is not None:
+            queue.add(DeadLetter.now(event, error, attempts, handler))
+
+    @staticmethod
+    def _call_hook(hook: Callable[..., None], *args: object) -> None:
+        try:
+            hook(*args)
+        except Exception:
+            log.exception("busmp hook %r raised; the bus goes on", hook)

@@ -1,0 +1,84 @@
+"""Turning events into bytes and back.
+
+An event travels as one pickle (protocol 5). Plain :mod:`pickle` is tried first because it is
+the fastest; :mod:`cloudpickle` takes over only where plain pickle cannot (lambdas, local
+classes, objects defined interactively). Events that carry a context or earlier attempts travel
+as an *envelope* ``(event, ctx, attempts)``; the flag word in the slot header says which form
+and which pickler wrote it, so a reader never guesses.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from typing import Any
+
+import cloudpickle
+
+from ._errors import HandlerPanic, RemoteError
+from ._event import Context, Event
+
+__all__ = [
+    "FLAG_CLOUDPICKLE", "FLAG_ENVELOPE", "FLAG_OVERFLOW",
+    "encode_event", "decode_event", "dumps", "portable_exception",
+]
+
+FLAG_CLOUDPICKLE = 1 << 0  # written by cloudpickle (pickle.loads still reads it)
+FLAG_ENVELOPE = 1 << 1     # payload is (event, ctx, attempts), not a bare Event
+FLAG_OVERFLOW = 1 << 2     # payload lives in its own shared-memory block; the slot holds its name
+
+PROTOCOL = 5
+
+
+def dumps(obj: object) -> tuple[bytes, int]:
+    """Pickle ``obj``; returns the bytes and ``FLAG_CLOUDPICKLE`` if cloudpickle was needed."""
+    try:
+        return pickle.dumps(obj, PROTOCOL), 0
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return cloudpickle.dumps(obj, PROTOCOL), FLAG_CLOUDPICKLE
+
+
+def encode_event(event: Event, ctx: Context | None = None, attempts: int = 0) -> tuple[bytes, int]:
+    """Encode an event (with its context and prior attempts, when it has them).
+
+    Raises ``TypeError`` naming the event when neither pickler can encode it.
+    """
+    obj: object = event if ctx is None and attempts == 0 else (event, ctx, attempts)
+    flags = 0 if obj is event else FLAG_ENVELOPE
+    try:
+        payload, how = dumps(obj)
+    except Exception as exc:
+        raise TypeError(
+            f"event {event!r} cannot be pickled ({type(exc).__name__}: {exc}); "
+            "its data must be picklable to travel through the ring"
+        ) from exc
+    return payload, flags | how
+
+
+def decode_event(payload: Any, flags: int) -> tuple[Event, Context | None, int]:
+    """The inverse of :func:`encode_event`: ``(event, ctx, attempts)``."""
+    obj = pickle.loads(payload)
+    if flags & FLAG_ENVELOPE:
+        event, ctx, attempts = obj
+        return event, ctx, attempts
+    return obj, None, 0
+
+
+def portable_exception(exc: BaseException) -> BaseException:
+    """An exception that survives the trip from a worker to the parent.
+
+    ``Exception`` keeps its type when it round-trips through pickle; otherwise it becomes a
+    :class:`RemoteError` with the type name, message and traceback text. A ``BaseException``
+    that is not an ``Exception`` (``SystemExit``, ``KeyboardInterrupt``) becomes
+    :class:`HandlerPanic`.
+    """
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    if not isinstance(exc, Exception):
+        return HandlerPanic(name, str(exc), tb)
+    try:
+        data, _ = dumps(exc)
+        pickle.loads(data)
+    except Exception:
+        return RemoteError(name, str(exc), tb)
+    return exc

@@ -1,0 +1,121 @@
+"""Routing: the :class:`Dispatcher` table and the per-handler middleware chains.
+
+A :class:`Routes` snapshot freezes what one ``publish()`` dispatches with: the per-event
+handlers (wrapped in their middleware chains), the batch handlers and their sizes. Workers
+receive the same snapshot, pickled with cloudpickle, whenever its version changes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ._event import Context, Event, Result
+
+__all__ = [
+    "Dispatcher", "Handler", "BatchHandler", "Middleware", "BatchRoute", "Routes", "handler_name",
+    "check_projection",
+]
+
+Handler = Callable[[Context, Event], "Result | None"]
+BatchHandler = Callable[[Context, "list[Event]"], "Sequence[Result] | None"]
+Middleware = Callable[[Handler], Handler]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handler_name(fn: object) -> str:
+    """``module.qualname`` of a handler, for dead letters and logs."""
+    module = getattr(fn, "__module__", None) or ""
+    qual = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__qualname__
+    return f"{module}.{qual}" if module else str(qual)
+
+
+def check_projection(projection: object, what: str = "projection") -> None:
+    try:
+        hash(projection)
+    except TypeError:
+        raise TypeError(
+            f"{what} {projection!r} is unhashable ({type(projection).__name__}); "
+            "use a hashable key such as a str, int, tuple, enum member or class"
+        ) from None
+
+
+def _check_callable(fn: object, what: str) -> None:
+    if not callable(fn):
+        raise TypeError(f"{what} must be callable, got {type(fn).__name__} {fn!r}")
+
+
+class Dispatcher:
+    """The routing table: projection -> handlers, in registration order."""
+
+    def __init__(self) -> None:
+        self._table: dict[Hashable, tuple[Handler, ...]] = {}
+        self._lock = threading.Lock()
+        self.version = 0  # bumped on every change so stores know to re-ship handlers
+
+    def register(self, projection: Hashable, *handlers: Handler) -> None:
+        check_projection(projection)
+        for h in handlers:
+            _check_callable(h, "handler")
+        with self._lock:
+            self._table[projection] = self._table.get(projection, ()) + tuple(handlers)
+            self.version += 1
+
+    def on(self, projection: Hashable) -> Callable[[F], F]:
+        check_projection(projection)
+
+        def decorate(fn: F) -> F:
+            self.register(projection, fn)
+            return fn
+
+        return decorate
+
+    def handlers(self, projection: Hashable) -> tuple[Handler, ...]:
+        check_projection(projection)
+        return self._table.get(projection, ())
+
+    def snapshot(self) -> dict[Hashable, tuple[Handler, ...]]:
+        with self._lock:
+            return dict(self._table)
+
+    def __repr__(self) -> str:
+        return f"Dispatcher({len(self._table)} projections)"
+
+
+@dataclass(frozen=True)
+class BatchRoute:
+    size: int
+    handler: BatchHandler
+    name: str
+
+
+@dataclass
+class Routes:
+    """What a publish dispatches with; built in the parent, shipped to workers."""
+
+    handlers: dict[Hashable, tuple[Handler, ...]] = field(default_factory=dict)
+    batches: dict[Hashable, tuple[BatchRoute, ...]] = field(default_factory=dict)
+    middleware: tuple[Middleware, ...] = ()
+    _chains: dict[Hashable, tuple[tuple[Handler, str], ...]] = field(default_factory=dict, repr=False)
+
+    def chains(self, projection: Hashable) -> tuple[tuple[Handler, str], ...]:
+        """Each handler of ``projection`` inside its own middleware chain, with its name."""
+        chains = self._chains.get(projection)
+        if chains is None:
+            chains = tuple((wrap(h, self.middleware), handler_name(h)) for h in self.handlers.get(projection, ()))
+            self._chains[projection] = chains
+        return chains
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_chains"] = {}  # chains are rebuilt where they run
+        return state
+
+
+def wrap(handler: Handler, middleware: Sequence[Middleware]) -> Handler:
+    """Apply middleware so that the first registered is the outermost."""
+    for mw in reversed(middleware):
+        handler = mw(handler)
+    return handler

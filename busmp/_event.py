@@ -1,0 +1,115 @@
+"""The values that travel through the bus: :class:`Event`, :class:`Result`, :class:`Context`.
+
+``Context.emit`` finds the store that runs the current handler through a context variable
+that the pipeline sets around every handler call, in the parent and in workers alike.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+__all__ = ["Event", "Result", "Context", "current_emitter"]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event: ``projection`` routes it to handlers, ``data`` is its payload."""
+
+    projection: Hashable
+    data: Any = None
+    id: str = ""
+    args: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What a handler returns; ``None`` from a handler means ``Result()``."""
+
+    message: str = ""
+    value: Any = None
+
+
+Emitter = Callable[[Event, "Context"], None]
+
+#: Set by the pipeline while a handler runs; ``Context.emit`` sends follow-ups through it.
+current_emitter: contextvars.ContextVar[Emitter | None] = contextvars.ContextVar(
+    "busmp_emitter", default=None
+)
+
+_EMPTY: Mapping[Any, Any] = MappingProxyType({})
+
+
+class Context:
+    """An immutable, picklable carrier of values and a wall-clock deadline."""
+
+    __slots__ = ("_values", "_deadline")
+
+    def __init__(self, values: Mapping[Any, Any] | None = None, deadline: float | None = None) -> None:
+        if deadline is not None and not isinstance(deadline, (int, float)):
+            raise TypeError(f"deadline must be time.time() seconds (float) or None, not {type(deadline).__name__}")
+        self._values: Mapping[Any, Any] = MappingProxyType(dict(values)) if values else _EMPTY
+        self._deadline = None if deadline is None else float(deadline)
+
+    # -- values -----------------------------------------------------------------
+    def value(self, key: Any, default: Any = None) -> Any:
+        return self._values.get(key, default)
+
+    def with_value(self, key: Any, value: Any) -> Context:
+        return Context({**self._values, key: value}, self._deadline)
+
+    # -- deadline ---------------------------------------------------------------
+    @property
+    def deadline(self) -> float | None:
+        return self._deadline
+
+    def with_deadline(self, t: float) -> Context:
+        """A copy whose deadline is ``t``, unless the current deadline is earlier."""
+        if not isinstance(t, (int, float)):
+            raise TypeError(f"with_deadline() takes time.time() seconds, not {type(t).__name__}")
+        earliest = t if self._deadline is None else min(self._deadline, float(t))
+        return Context(self._values, earliest)
+
+    def with_timeout(self, seconds: float) -> Context:
+        return self.with_deadline(time.time() + seconds)
+
+    def remaining(self) -> float | None:
+        return None if self._deadline is None else self._deadline - time.time()
+
+    @property
+    def expired(self) -> bool:
+        return self._deadline is not None and time.time() >= self._deadline
+
+    # -- follow-ups -------------------------------------------------------------
+    def emit(self, event: Event) -> None:
+        """Subscribe a follow-up event to the store running the current handler."""
+        emitter = current_emitter.get()
+        if emitter is None:
+            raise RuntimeError(
+                "Context.emit() works only inside a handler run by an EventStore; "
+                "outside one, call store.subscribe(event) instead"
+            )
+        if not isinstance(event, Event):
+            raise TypeError(f"Context.emit() takes an Event, not {type(event).__name__}")
+        emitter(event, self)
+
+    # -- plumbing ---------------------------------------------------------------
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Context, (dict(self._values), self._deadline))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Context):
+            return NotImplemented
+        return dict(self._values) == dict(other._values) and self._deadline == other._deadline
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Context(values={dict(self._values)!r}, deadline={self._deadline!r})"
+
+
+BACKGROUND = Context()

@@ -1,0 +1,86 @@
+"""The seam between the store and whatever runs handlers.
+
+The store owns the ring, the pending list, back-pressure and accounting; an executor only
+takes *claimed* slots and gets their events handled, reporting every outcome to the store's
+:class:`~busmp._accounting.Accounting` and every finished event to ``Host.finished``.
+
+* :class:`InlineExecutor` (``workers=0``) decodes and runs them in the calling thread.
+* ``ProcessExecutor`` (``_pool``) hands them to worker processes through job rings.
+* A Ray executor will hand them to actors behind the same two methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from ._accounting import Accounting
+from ._dispatch import Routes
+from ._event import BACKGROUND, Context, Event
+from ._pipeline import Item, Ticket, run_items
+
+__all__ = ["Executor", "Host", "InlineExecutor"]
+
+
+class Host(Protocol):
+    """What an executor may ask of its store."""
+
+    accounting: Accounting
+
+    def routes(self) -> Routes: ...
+    def claim_items(self, slots: Sequence[int], ticket: Ticket | None) -> list[Item]: ...
+    def accept_followup(self, event: Event, ctx: Context | None) -> None: ...
+    def finished(self, count: int) -> None: ...
+
+
+class Executor(Protocol):
+    workers: int
+
+    def submit(self, slots: Sequence[int], ticket: Ticket | None = None) -> None:
+        """Get the events in ``slots`` handled; they are already counted as in flight."""
+
+    def wait(self, ticket: Ticket, timeout: float | None) -> None:
+        """Block until every event submitted with ``ticket`` is handled."""
+
+    def shutdown(self, timeout: float | None) -> None: ...
+
+    def per_worker(self) -> tuple[int, ...]: ...
+
+
+class InlineExecutor:
+    """Sync mode: handlers run in the thread that calls ``publish()``."""
+
+    workers = 0
+
+    def __init__(self, host: Host) -> None:
+        self._host = host
+
+    def submit(self, slots: Sequence[int], ticket: Ticket | None = None) -> None:
+        self.run(self._host.claim_items(slots, ticket))
+
+    def run(self, items: list[Item]) -> None:
+        """Handle ``items`` and, breadth first, every follow-up they emit."""
+        host = self._host
+        while items:
+            followups: list[Item] = []
+
+            def emit(event: Event, ctx: Context) -> None:
+                host.accept_followup(event, ctx)
+                followups.append(Item(event, ctx if ctx is not None else BACKGROUND))
+
+            try:
+                run_items(items, host.routes(), host.accounting, emit)
+            except BaseException:
+                host.finished(len(items) + len(followups))  # interrupted: nothing stays in flight
+                raise
+            host.finished(len(items))
+            items = followups
+
+    def wait(self, ticket: Ticket, timeout: float | None) -> None:
+        return None  # inline work is done when submit() returns
+
+    def shutdown(self, timeout: float | None) -> None:
+        return None
+
+    def per_worker(self) -> tuple[int, ...]:
+        return ()

@@ -1,0 +1,229 @@
+"""The slot ring: one shared-memory block of fixed-size slots that events are pickled into.
+
+Layout of the block (all little-endian)::
+
+    offset 0      header, a numpy structured array (HEADER_DTYPE), one 64-byte line per cursor
+                    line 0   magic, version, slot_count, slot_size     (written once, at creation)
+                    line 1   written    events encoded into slots      (parent)
+                    line 2   published  events handed to handlers      (parent)
+                    line 3   released   slots given back for reuse     (parent)
+                    line 4   dropped    pending events discarded       (parent)
+    offset 320    slot 0 | slot 1 | ... | slot N-1, each ``slot_size`` bytes:
+                    0   seq     u64   the event's sequence number (0 = never written)
+                    8   route   i64   hash of the projection, for batch grouping without decoding
+                    16  length  u32   payload bytes
+                    20  flags   u32   codec flags (cloudpickle, envelope, overflow)
+                    32  payload       the pickle, or the name of an overflow block
+
+Slots are handed out from a free list rather than strictly in ring order, so that back-pressure
+can discard the oldest *pending* event while slots that workers still read stay untouched, and
+so that a transaction can take exactly its own slots. In steady state the free list is FIFO and
+the slots are used round-robin like a classic ring.
+
+Who writes what. Every word above has exactly one writing process: the parent, under the
+store's lock (so threads of the parent are serialised too). Workers only read slots, and only
+slots that a job record in their own job ring names (see ``_jobs``); each cursor of a job or
+result ring likewise has one writer. No compare-and-swap is needed anywhere.
+
+Why the ordering is safe on x86-64: the parent writes a slot's payload and header, *then*
+the job record, *then* bumps the job ring's head word. x86-64 (TSO) never makes stores visible
+out of program order and never reorders loads with older loads, so a worker that sees the new
+head also sees the record and the slot. CPython issues these stores in program order: each is a
+separate C call (memoryview assignment, ``struct.pack_into``, numpy item store), which a C
+compiler cannot move across. A slot is reused only after its worker reported completion through
+its result ring, which is ordered the same way in the other direction.
+
+What an ARM (weakly ordered) build needs: a release store for each head/tail word and an acquire
+load before reading what it guards (``stlr``/``ldar``, e.g. ``__atomic_store_n(p, v,
+__ATOMIC_RELEASE)`` in a small C helper). Without it, busmp on non-x86 does not spin on these
+words: readers look only after a kernel wake-up (a pipe write/read pair), and system calls are
+full barriers. See ``SPIN_ALLOWED``.
+
+Slot size trade-off: every slot costs ``slot_size`` bytes of shared memory whether the event
+needs them or not (65 536 slots of 512 bytes = 32 MiB, faulted in as they are used), while an
+event bigger than a slot pays for a block of its own (a ``shm_open`` + ``mmap``, some 20 µs). The
+default suits events of up to a few hundred bytes; raise ``slot_size`` when most events are
+larger, lower it for huge rings of tiny events.
+"""
+
+from __future__ import annotations
+
+import platform
+import struct
+from collections import deque
+from multiprocessing import shared_memory
+from typing import Any
+
+import numpy as np
+
+from . import _shm
+from ._codec import FLAG_OVERFLOW
+
+__all__ = [
+    "HEADER_DTYPE", "SLOT_HEADER", "SLOT_HEADER_SIZE", "DEFAULT_SLOT_SIZE", "SPIN_ALLOWED",
+    "SlotRing", "CorruptSlot",
+]
+
+CACHE_LINE = 64
+MAGIC = 0x62_75_73_6D_70_72_6E_67  # "busmprng"
+VERSION = 1
+CURSORS = ("written", "published", "released", "dropped")
+
+HEADER_DTYPE = np.dtype({
+    "names": ["magic", "version", "slot_count", "slot_size", *CURSORS],
+    "formats": ["<u8"] * (4 + len(CURSORS)),
+    "offsets": [0, 8, 16, 24, *(CACHE_LINE * (i + 1) for i in range(len(CURSORS)))],
+    "itemsize": CACHE_LINE * (len(CURSORS) + 1),
+})
+HEADER_SIZE = HEADER_DTYPE.itemsize
+
+SLOT_HEADER = struct.Struct("<QqII")  # seq, route, length, flags
+SLOT_HEADER_SIZE = 32                 # the struct, padded so payloads start 32-byte aligned
+MIN_SLOT_SIZE = SLOT_HEADER_SIZE + 32
+DEFAULT_SLOT_SIZE = 512
+OVERFLOW_NAME = struct.Struct("<Q")   # an overflow slot's payload: the overflow block's size
+
+SPIN_ALLOWED = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+
+class CorruptSlot(Exception):
+    """A slot's header does not hold the event the reader expected."""
+
+
+class SlotRing:
+    """The shared-memory slots plus, in the owning process, their free and pending lists.
+
+    The free/pending bookkeeping is parent-only and must be used under the store's lock.
+    """
+
+    def __init__(self, shm: shared_memory.SharedMemory, owner: bool) -> None:
+        self._shm = shm
+        self.owner = owner
+        self.name = shm.name
+        self.header: Any = np.ndarray((), dtype=HEADER_DTYPE, buffer=shm.buf)
+        if int(self.header["magic"]) != MAGIC:
+            raise CorruptSlot(f"shared memory block {shm.name!r} is not a busmp slot ring")
+        self.slot_count = int(self.header["slot_count"])
+        self.slot_size = int(self.header["slot_size"])
+        self.capacity = self.slot_size - SLOT_HEADER_SIZE
+        self._buf: Any = shm.buf
+        self._overflow: dict[int, shared_memory.SharedMemory] = {}
+        # Parent-only bookkeeping.
+        self.free: deque[int] = deque(range(self.slot_count)) if owner else deque()
+        self.pending: deque[int] = deque()
+        self.counts = dict.fromkeys(CURSORS, 0)
+
+    # -- life cycle ---------------------------------------------------------------
+    @classmethod
+    def create(cls, slot_count: int, slot_size: int = DEFAULT_SLOT_SIZE, name: str | None = None) -> SlotRing:
+        if slot_size < MIN_SLOT_SIZE:
+            raise ValueError(f"slot_size must be at least {MIN_SLOT_SIZE} bytes, got {slot_size}")
+        slot_size = -(-slot_size // 8) * 8  # keep every slot header 8-byte aligned
+        shm = _shm.create(name or _shm.new_prefix() + "_ring", HEADER_SIZE + slot_count * slot_size)
+        header: Any = np.ndarray((), dtype=HEADER_DTYPE, buffer=shm.buf)
+        header["magic"], header["version"] = MAGIC, VERSION
+        header["slot_count"], header["slot_size"] = slot_count, slot_size
+        del header
+        return cls(shm, owner=True)
+
+    @classmethod
+    def attach(cls, name: str) -> SlotRing:
+        return cls(_shm.attach(name), owner=False)
+
+    def close(self) -> None:
+        """Release this process's mapping; the owner also unlinks every block."""
+        for slot in list(self._overflow):
+            self._drop_overflow(slot)
+        self.header = None
+        self._buf = None
+        _shm.release(self._shm, unlink=self.owner)
+
+    # -- slots --------------------------------------------------------------------
+    def slot_offset(self, slot: int) -> int:
+        return HEADER_SIZE + slot * self.slot_size
+
+    def write(self, slot: int, seq: int, route: int, payload: bytes, flags: int) -> None:
+        """Parent only: put an encoded event into ``slot``."""
+        off = self.slot_offset(slot)
+        if len(payload) > self.capacity:
+            payload, flags = self._spill(slot, seq, payload), flags | FLAG_OVERFLOW
+        self._buf[off + SLOT_HEADER_SIZE: off + SLOT_HEADER_SIZE + len(payload)] = payload
+        SLOT_HEADER.pack_into(self._buf, off, seq, route, len(payload), flags)
+
+    def read(self, slot: int, seq: int | None = None) -> tuple[Any, int]:
+        """The payload (a buffer) and flags of ``slot``; checks ``seq`` when given."""
+        off = self.slot_offset(slot)
+        got_seq, _route, length, flags = SLOT_HEADER.unpack_from(self._buf, off)
+        if seq is not None and got_seq != seq:
+            raise CorruptSlot(f"slot {slot} holds event #{got_seq}, expected #{seq}")
+        if length > self.capacity:
+            raise CorruptSlot(f"slot {slot} claims {length} payload bytes, more than its {self.capacity}")
+        start = off + SLOT_HEADER_SIZE
+        payload = self._buf[start: start + length]
+        if flags & FLAG_OVERFLOW:
+            return self._read_overflow(bytes(payload)), flags & ~FLAG_OVERFLOW
+        return payload, flags
+
+    def seq_of(self, slot: int) -> int:
+        return int(SLOT_HEADER.unpack_from(self._buf, self.slot_offset(slot))[0])
+
+    def routes(self, slots: np.ndarray) -> np.ndarray:
+        """The route words of ``slots``, read in one vectorised gather."""
+        words = np.ndarray((self.slot_count,), dtype="<i8", buffer=self._buf,
+                           offset=HEADER_SIZE + 8, strides=(self.slot_size,))
+        gathered: np.ndarray = words[slots]
+        return gathered
+
+    # -- overflow blocks: events larger than a slot -------------------------------
+    def _spill(self, slot: int, seq: int, payload: bytes) -> bytes:
+        self._drop_overflow(slot)
+        name = f"{self.name}_x{seq}"
+        block = _shm.create(name, len(payload))
+        block.buf[: len(payload)] = payload  # type: ignore[index]
+        self._overflow[slot] = block
+        return OVERFLOW_NAME.pack(len(payload)) + name.encode()
+
+    def _read_overflow(self, ref: bytes) -> bytes:
+        (size,) = OVERFLOW_NAME.unpack_from(ref)
+        block = _shm.attach(ref[OVERFLOW_NAME.size:].decode())
+        try:
+            return bytes(block.buf[:size])  # type: ignore[index]
+        finally:
+            block.close()
+
+    def _drop_overflow(self, slot: int) -> None:
+        block = self._overflow.pop(slot, None)
+        if block is not None:
+            _shm.release(block, unlink=True)
+
+    # -- parent-only bookkeeping (under the store's lock) ------------------------
+    def allocate(self) -> int | None:
+        return self.free.popleft() if self.free else None
+
+    def release(self, slots: Any) -> None:
+        """Give slots back once nobody will read them again."""
+        for slot in slots:
+            if slot in self._overflow:
+                self._drop_overflow(slot)
+        self.free.extend(slots)
+        self.counts["released"] += len(slots)
+
+    def drop_oldest_pending(self) -> int | None:
+        """Discard the oldest pending event; returns its slot, ready for reuse."""
+        if not self.pending:
+            return None
+        slot = self.pending.popleft()
+        self._drop_overflow(slot)
+        self.counts["dropped"] += 1
+        return slot
+
+    def take_pending(self) -> list[int]:
+        taken = list(self.pending)
+        self.pending.clear()
+        return taken
+
+    def sync_header(self) -> None:
+        """Mirror the parent's counters into the shared header (once per batch, not per event)."""
+        if self.header is not None:
+            for name, value in self.counts.items():
+                self.header[name] = value

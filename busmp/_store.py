@@ -1,0 +1,422 @@
+"""The :class:`EventStore`: subscribe into the slot ring, publish to an executor, account.
+
+State that threads share (free/pending slots, counters, in-flight work) changes only under
+``self._lock``. Handlers never run under it: ``publish()`` claims slots under the lock and
+lets the executor run them outside, which is what makes ``publish()`` re-entrant (a handler
+may publish) and thread-safe (each pending slot is claimed by exactly one caller).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+from ._accounting import Accounting, AfterHook, BeforeHook, ErrorHook
+from ._codec import decode_event, encode_event
+from ._dispatch import BatchHandler, BatchRoute, Dispatcher, Middleware, Routes, check_projection, handler_name
+from ._dlq import DeadLetterQueue
+from ._errors import BufferFull, StoreClosed
+from ._event import BACKGROUND, Context, Event, current_emitter
+from ._executor import Executor, InlineExecutor
+from ._metrics import Metrics, Stats
+from ._pipeline import Item, Ticket
+from ._policy import OverrunPolicy
+from ._ring import DEFAULT_SLOT_SIZE, SlotRing
+from ._schedule import Scheduler, Timer, to_seconds, to_timestamp
+from ._transaction import Transaction
+
+__all__ = ["EventStore", "UNDECODABLE"]
+
+#: Projection of the placeholder event a dead letter carries when a slot could not be decoded.
+UNDECODABLE = "busmp.undecodable"
+NOT_DISPATCHED = "busmp.EventStore.drain"
+Encoded = tuple[bytes, int, int]  # payload, codec flags, route word
+
+
+class EventStore:
+    """An event bus over a shared-memory slot ring; see the package docstring for the data flow.
+
+    Options beyond the contract (keyword only):
+
+    * ``slot_size``: bytes per ring slot (default 512); larger events spill into blocks of
+      their own (see ``busmp._ring``).
+    * ``start_method``: ``"forkserver"``, ``"spawn"`` or ``"fork"`` for worker processes.
+    """
+
+    def __init__(self, dispatcher: Dispatcher, buffer_size: int = 1 << 16,
+                 policy: OverrunPolicy = OverrunPolicy.DROP_OLDEST, *, workers: int = 0,
+                 dlq: DeadLetterQueue | None = None, slot_size: int = DEFAULT_SLOT_SIZE,
+                 start_method: str | None = None) -> None:
+        _validate(dispatcher, buffer_size, policy, workers, dlq)
+        self.dlq = dlq
+        self._dispatcher = dispatcher
+        self._policy = policy
+        self._ring = SlotRing.create(buffer_size, slot_size)
+        self._finalizer = weakref.finalize(self, self._ring.close)
+        self._lock = threading.RLock()
+        self._room = threading.Condition(self._lock)   # slots were freed
+        self._idle = threading.Condition(self._lock)   # in-flight work reached zero
+        self.accounting = Accounting(lambda: self.dlq)
+        self._published = 0
+        self._in_flight = 0
+        self._closing = False
+        self._closed = False
+        self._batches: dict[Hashable, tuple[BatchRoute, ...]] = {}
+        self._middleware: tuple[Middleware, ...] = ()
+        self._config_version = 0
+        self._routes: tuple[tuple[int, int], Routes] | None = None
+        self._scheduler = Scheduler(self._fire_timer, name=f"busmp-scheduler-{self._ring.name}")
+        self._executor: Executor = self._make_executor(workers, start_method)
+
+    def _make_executor(self, workers: int, start_method: str | None) -> Executor:
+        if workers == 0:
+            return InlineExecutor(self)
+        raise NotImplementedError("worker processes are not built yet; use workers=0")
+
+    # -- configuration ------------------------------------------------------------
+    def register_batch(self, projection: Hashable, size: int, handler: BatchHandler) -> None:
+        """Deliver the events of one publish for ``projection`` in chunks of at most ``size``."""
+        check_projection(projection)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"batch size must be an int >= 1, got {size!r}")
+        if not callable(handler):
+            raise TypeError(f"batch handler must be callable, got {type(handler).__name__}")
+        with self._lock:
+            route = BatchRoute(size, handler, handler_name(handler))
+            self._batches[projection] = self._batches.get(projection, ()) + (route,)
+            self._config_version += 1
+
+    def use(self, middleware: Middleware) -> None:
+        """Append middleware; the first registered is the outermost."""
+        if not callable(middleware):
+            raise TypeError(f"middleware must be callable, got {type(middleware).__name__}")
+        with self._lock:
+            self._middleware += (middleware,)
+            self._config_version += 1
+
+    def on_before(self, hook: BeforeHook) -> None:
+        self.accounting.before_hooks.append(_callable(hook, "on_before hook"))
+
+    def on_after(self, hook: AfterHook) -> None:
+        self.accounting.after_hooks.append(_callable(hook, "on_after hook"))
+
+    def on_error(self, hook: ErrorHook) -> None:
+        self.accounting.error_hooks.append(_callable(hook, "on_error hook"))
+
+    def routes(self) -> Routes:
+        """The routing snapshot for the next dispatch, rebuilt only when something changed."""
+        version = (self._dispatcher.version, self._config_version)
+        cached = self._routes
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        with self._lock:
+            routes = Routes(self._dispatcher.snapshot(), dict(self._batches), self._middleware)
+            self._routes = (version, routes)
+            return routes
+
+    # -- producing ----------------------------------------------------------------
+    def subscribe(self, event: Event, ctx: Context | None = None, *, timeout: float | None = None) -> None:
+        """Enqueue ``event``; when the ring is full, the store's policy decides."""
+        self._check_open()
+        encoded = self._encode(event, ctx)
+        with self._lock:
+            self._check_open()
+            (slot,) = self._reserve(1, ctx, timeout)
+            self._write(slot, encoded)
+            self._ring.pending.append(slot)
+            self._published += 1
+
+    def subscribe_many(self, events: Iterable[Event], ctx: Context | None = None, *,
+                       timeout: float | None = None) -> int:
+        """Enqueue many events; returns how many were accepted.
+
+        Every event is checked before any is enqueued, so a bad one rejects the whole call.
+        Under ``RETURN_ERROR`` and ``BLOCK`` the events that fit are accepted and counted;
+        ``BufferFull``/``TimeoutError`` is raised only when not even the first one fits.
+        """
+        self._check_open()
+        encoded = [self._encode(event, ctx) for event in events]
+        accepted = 0
+        with self._lock:
+            self._check_open()
+            for item in encoded:
+                try:
+                    (slot,) = self._reserve(1, ctx, timeout)
+                except (BufferFull, TimeoutError):
+                    if accepted == 0:
+                        raise
+                    break
+                self._write(slot, item)
+                self._ring.pending.append(slot)
+                accepted += 1
+            self._published += accepted
+        return accepted
+
+    def _resubscribe(self, event: Event, ctx: Context | None, attempts: int) -> None:
+        """``subscribe`` for a dead letter's replay: its earlier attempts travel with it."""
+        self._check_open()
+        encoded = self._encode(event, ctx, attempts)
+        with self._lock:
+            (slot,) = self._reserve(1, ctx, None)
+            self._write(slot, encoded)
+            self._ring.pending.append(slot)
+            self._published += 1
+
+    def _encode(self, event: Event, ctx: Context | None, attempts: int = 0) -> Encoded:
+        if not isinstance(event, Event):
+            raise TypeError(f"expected an Event, got {type(event).__name__} {event!r}")
+        check_projection(event.projection, f"event {event!r} has projection")
+        if ctx is not None and not isinstance(ctx, Context):
+            raise TypeError(f"ctx must be a busmp.Context or None, got {type(ctx).__name__}")
+        payload, flags = encode_event(event, ctx, attempts)
+        return payload, flags, hash(event.projection)
+
+    def _write(self, slot: int, encoded: Encoded) -> None:
+        payload, flags, route = encoded
+        counts = self._ring.counts
+        counts["written"] += 1
+        self._ring.write(slot, counts["written"], route, payload, flags)
+
+    def _reserve(self, count: int, ctx: Context | None, timeout: float | None) -> list[int]:
+        """Take ``count`` free slots (all or none), applying the overrun policy. Under the lock."""
+        ring = self._ring
+        if count > ring.slot_count:
+            raise BufferFull(f"{count} events cannot fit a ring of {ring.slot_count} slots; "
+                             "raise buffer_size or commit smaller groups")
+        deadline = _deadline(timeout, ctx)
+        while len(ring.free) < count:
+            if self._policy is OverrunPolicy.DROP_OLDEST and ring.pending:
+                dropped = ring.drop_oldest_pending()
+                assert dropped is not None
+                ring.free.append(dropped)
+                continue
+            if self._policy is OverrunPolicy.RETURN_ERROR:
+                raise BufferFull(
+                    f"ring full: {ring.slot_count} slots, {len(ring.free)} free, {count} needed; "
+                    "publish() to make room, or choose BLOCK or DROP_OLDEST")
+            # BLOCK, or DROP_OLDEST when every slot is held by work already handed off.
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"ring stayed full ({ring.slot_count} slots) until the timeout")
+            self._room.wait(remaining)
+            self._check_open()
+        return [ring.free.popleft() for _ in range(count)]
+
+    # -- dispatching --------------------------------------------------------------
+    def publish(self) -> int:
+        """Hand every pending event to the handlers; returns how many were taken."""
+        self._check_open()
+        with self._lock:
+            slots = self._ring.take_pending()
+            if not slots:
+                return 0
+            self._in_flight += len(slots)
+        self._executor.submit(slots)
+        return len(slots)
+
+    def _run_now(self, events: Sequence[Event], ctx: Context | None, *, raise_first: bool,
+                 on_enqueued: Callable[[], None] | None = None, timeout: float | None = None) -> None:
+        """Enqueue ``events`` all or nothing and handle exactly them, in order, before returning."""
+        self._check_open()
+        encoded = [self._encode(event, ctx) for event in events]
+        if not encoded:
+            return
+        ticket = Ticket()
+        with self._lock:
+            self._check_open()
+            slots = self._reserve(len(encoded), ctx, timeout)
+            for slot, item in zip(slots, encoded):
+                self._write(slot, item)
+            self._published += len(slots)
+            self._in_flight += len(slots)
+        if on_enqueued is not None:
+            on_enqueued()
+        self._executor.submit(slots, ticket)
+        self._executor.wait(ticket, None)
+        if raise_first and ticket.errors:
+            raise ticket.errors[0]
+
+    # -- executor host interface --------------------------------------------------
+    def claim_items(self, slots: Sequence[int], ticket: Ticket | None) -> list[Item]:
+        """Decode claimed slots and give them back to the ring (sync mode: nobody else reads them)."""
+        with self._lock:
+            items = [self._decode(slot, ticket) for slot in slots]
+            self._ring.release(slots)
+            self._ring.counts["published"] += len(slots)
+            self._ring.sync_header()
+            self._room.notify_all()
+        return items
+
+    def _decode(self, slot: int, ticket: Ticket | None) -> Item:
+        payload: Any = b""
+        try:
+            payload, flags = self._ring.read(slot)
+            event, ctx, attempts = decode_event(payload, flags)
+        except Exception as exc:
+            # Charged to this one event: a dead letter that carries what the slot held.
+            return self._undecodable(bytes(payload), exc, ticket)
+        return Item(event, ctx if ctx is not None else BACKGROUND, attempts, ticket)
+
+    def _undecodable(self, raw: bytes, error: Exception, ticket: Ticket | None) -> Item:
+        event = Event(UNDECODABLE, raw)
+        self.accounting.dead_letter(event, error, 1, "busmp.codec.decode_event")
+        if ticket is not None:
+            ticket.errors.append(error)
+        return Item(event, BACKGROUND, 0, None)
+
+    def accept_followup(self, event: Event, ctx: Context | None) -> None:
+        """A handler's ``ctx.emit(event)``: counted as published and as work in flight."""
+        self._encode(event, ctx)  # reject what could not travel to a worker, in every mode
+        with self._lock:
+            self._published += 1
+            self._in_flight += 1
+
+    def finished(self, count: int) -> None:
+        with self._lock:
+            self._in_flight -= count
+            if self._in_flight == 0:
+                self._idle.notify_all()
+
+    # -- waiting and closing ------------------------------------------------------
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every published event, and every follow-up, has been handled."""
+        if current_emitter.get() is not None:
+            raise RuntimeError("flush() inside a handler would wait for that very handler; "
+                               "call it from outside the handlers")
+        deadline = _deadline(timeout, None)
+        with self._lock:
+            while self._in_flight > 0:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"flush(): {self._in_flight} events still in flight after {timeout} s")
+                self._idle.wait(remaining)
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Flush, stop the workers and release shared memory. Idempotent.
+
+        Events subscribed but never published, and timers that never fired, become dead
+        letters with :class:`StoreClosed`, so nothing vanishes unnoticed.
+        """
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+        flush_error: TimeoutError | None = None
+        try:
+            self.flush(timeout)
+        except TimeoutError as exc:
+            flush_error = exc
+        for timer in self._scheduler.stop():
+            self._dead_on_close(timer.event, "timer never fired")
+        with self._lock:
+            for slot in self._ring.take_pending():
+                self._dead_on_close(self._decode(slot, None).event, "never published")
+            self._closed = True
+            self._room.notify_all()
+        self._executor.shutdown(timeout)
+        self._finalizer()
+        if flush_error is not None:
+            raise flush_error
+
+    close = drain
+
+    def _dead_on_close(self, event: Event, why: str) -> None:
+        self.accounting.dead_letter(event, StoreClosed(f"store drained; the event was {why}"), 1, NOT_DISPATCHED)
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise StoreClosed("the store was drained; create a new EventStore to publish again")
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.drain()
+
+    # -- scheduling ---------------------------------------------------------------
+    def schedule(self, when: datetime | float, event: Event, ctx: Context | None = None) -> Timer | None:
+        """Handle ``event`` at ``when``: now (returning ``None``) if that is not in the future."""
+        at = to_timestamp(when)
+        self._encode(event, ctx)  # bad input fails now, not in the timer thread
+        if at <= time.time():
+            self._run_now([event], ctx, raise_first=False)
+            return None
+        self._check_open()
+        return self._scheduler.add(at, event, ctx)
+
+    def schedule_after(self, delay: timedelta | float, event: Event, ctx: Context | None = None) -> Timer | None:
+        seconds = to_seconds(delay)
+        return self.schedule(time.time() + seconds if seconds > 0 else 0.0, event, ctx)
+
+    def _fire_timer(self, timer: Timer) -> None:
+        try:
+            self._run_now([timer.event], timer.ctx, raise_first=False)
+        except Exception as exc:  # the ring refused it (BufferFull, closed): keep it as a dead letter
+            self.accounting.dead_letter(timer.event, exc, 1, "busmp.EventStore.schedule")
+
+    # -- transactions -------------------------------------------------------------
+    def begin_transaction(self) -> Transaction:
+        self._check_open()
+        return Transaction(self)
+
+    # -- observing ----------------------------------------------------------------
+    def metrics(self) -> Metrics:
+        return Metrics(self._published, self.accounting.processed, self.accounting.errors)
+
+    def stats(self) -> Stats:
+        with self._lock:
+            ring = self._ring
+            return Stats(
+                published=self._published, processed=self.accounting.processed,
+                errors=self.accounting.errors, dropped=ring.counts["dropped"],
+                pending=len(ring.pending), in_flight=self._in_flight,
+                dead_letters=len(self.dlq) if self.dlq is not None else 0,
+                free_slots=len(ring.free), slots=ring.slot_count,
+                workers=self._executor.workers, per_worker=self._executor.per_worker(),
+            )
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (f"EventStore({self._ring.slot_count} slots, {self._policy.name}, "
+                f"workers={self._executor.workers}, {state})")
+
+
+def _validate(dispatcher: object, buffer_size: object, policy: object, workers: object, dlq: object) -> None:
+    if not isinstance(dispatcher, Dispatcher):
+        raise TypeError(f"EventStore needs a busmp.Dispatcher, got {type(dispatcher).__name__}")
+    if not isinstance(buffer_size, int) or isinstance(buffer_size, bool) or buffer_size < 1 \
+            or buffer_size & (buffer_size - 1):
+        raise ValueError(f"buffer_size must be a power of two >= 1 (e.g. 1 << 16), got {buffer_size!r}")
+    if not isinstance(policy, OverrunPolicy):
+        raise ValueError(f"policy must be an OverrunPolicy (DROP_OLDEST, BLOCK, RETURN_ERROR), got {policy!r}")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+        raise ValueError(f"workers must be an int >= 0 (0 runs handlers inline), got {workers!r}")
+    if dlq is not None and not isinstance(dlq, DeadLetterQueue):
+        raise TypeError(f"dlq must be a DeadLetterQueue or None, got {type(dlq).__name__}")
+
+
+def _deadline(timeout: float | None, ctx: Context | None) -> float | None:
+    """A ``time.monotonic()`` deadline from a timeout and a context's wall-clock deadline."""
+    candidates = []
+    if timeout is not None:
+        candidates.append(time.monotonic() + timeout)
+    remaining = ctx.remaining() if ctx is not None else None
+    if remaining is not None:
+        candidates.append(time.monotonic() + remaining)
+    return min(candidates) if candidates else None
+
+
+def _callable(fn: Any, what: str) -> Any:
+    if not callable(fn):
+        raise TypeError(f"{what} must be callable, got {type(fn).__name__}")
+    return fn

@@ -1,0 +1,38 @@
+"""Shared fixtures. Every test is checked for leaks: busmp's shared-memory blocks and threads."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+SHM = "/dev/shm"
+
+
+def busmp_blocks() -> set[str]:
+    try:
+        return {name for name in os.listdir(SHM) if name.startswith("busmp_")}
+    except FileNotFoundError:  # not Linux
+        return set()
+
+
+def busmp_threads() -> set[str]:
+    return {t.name for t in threading.enumerate() if t.name.startswith("busmp-")}
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Fail a test that leaves a busmp shared-memory block or thread behind."""
+    blocks_before, threads_before = busmp_blocks(), busmp_threads()
+    yield
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        leaked_blocks = busmp_blocks() - blocks_before
+        leaked_threads = busmp_threads() - threads_before
+        if not leaked_blocks and not leaked_threads:
+            return
+        time.sleep(0.02)
+    assert not leaked_blocks, f"shared memory left behind: {sorted(leaked_blocks)}"
+    assert not leaked_threads, f"threads left behind: {sorted(leaked_threads)}"

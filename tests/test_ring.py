@@ -1,0 +1,132 @@
+"""The slot ring: its shared-memory layout, slots, overflow blocks and release."""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from busmp import Dispatcher, Event, EventStore
+from busmp._codec import FLAG_CLOUDPICKLE, decode_event, encode_event
+from busmp._ring import HEADER_DTYPE, SLOT_HEADER_SIZE, CorruptSlot, SlotRing
+
+
+@pytest.fixture
+def ring():
+    r = SlotRing.create(8, 128)
+    yield r
+    r.close()
+
+
+def test_header_is_a_numpy_structured_array_with_cursors_on_their_own_cache_lines(ring):
+    assert isinstance(ring.header, np.ndarray)
+    assert ring.header.dtype == HEADER_DTYPE and HEADER_DTYPE.names is not None
+    cursors = ["written", "published", "released", "dropped"]
+    offsets = [HEADER_DTYPE.fields[name][1] for name in cursors]
+    assert all(offset % 64 == 0 for offset in offsets)
+    assert [b - a for a, b in zip(offsets, offsets[1:])] == [64, 64, 64]
+    assert offsets[0] >= 64  # not sharing a line with the geometry words either
+    assert HEADER_DTYPE.itemsize == 64 * (len(cursors) + 1)
+
+
+def test_geometry_is_readable_by_another_mapping(ring):
+    other = SlotRing.attach(ring.name)
+    try:
+        assert (other.slot_count, other.slot_size) == (8, 128)
+        assert not other.owner
+    finally:
+        other.close()
+    assert os.path.exists(f"/dev/shm/{ring.name}")  # a reader's close does not unlink
+
+
+def test_slot_round_trip_with_sequence_check(ring):
+    payload, flags = encode_event(Event("p", {"x": 1}, id="e1"))
+    ring.write(3, seq=42, route=7, payload=payload, flags=flags)
+    got, got_flags = ring.read(3, seq=42)
+    assert decode_event(got, got_flags)[0] == Event("p", {"x": 1}, id="e1")
+    assert ring.seq_of(3) == 42
+    assert ring.routes(np.array([3]))[0] == 7
+    with pytest.raises(CorruptSlot, match="expected #43"):
+        ring.read(3, seq=43)
+
+
+def test_damaged_length_is_reported_not_read_past_the_slot(ring):
+    payload, flags = encode_event(Event("p"))
+    ring.write(0, 1, 0, payload, flags)
+    off = ring.slot_offset(0)
+    ring._buf[off + 16: off + 20] = (10_000).to_bytes(4, "little")
+    with pytest.raises(CorruptSlot, match="payload bytes"):
+        ring.read(0)
+
+
+def test_event_larger_than_a_slot_spills_into_its_own_block_and_is_freed(ring):
+    big = Event("p", b"x" * 10_000)
+    payload, flags = encode_event(big)
+    assert len(payload) > ring.capacity
+    ring.write(2, 5, 0, payload, flags)
+    spill = f"{ring.name}_x5"
+    assert os.path.exists(f"/dev/shm/{spill}")
+    got, got_flags = ring.read(2, seq=5)
+    assert decode_event(got, got_flags)[0] == big
+    ring.release([2])
+    assert not os.path.exists(f"/dev/shm/{spill}")
+
+
+def test_slot_size_below_the_minimum_is_refused():
+    with pytest.raises(ValueError, match="slot_size"):
+        SlotRing.create(4, SLOT_HEADER_SIZE)
+
+
+def test_free_list_is_fifo_so_slots_rotate_like_a_ring(ring):
+    taken = [ring.allocate() for _ in range(8)]
+    assert taken == list(range(8)) and ring.allocate() is None
+    ring.release([5, 2])
+    assert [ring.allocate(), ring.allocate()] == [5, 2]
+
+
+def test_cloudpickle_only_when_plain_pickle_cannot():
+    _, plain = encode_event(Event("p", {"a": 1}))
+    _, fancy = encode_event(Event("p", lambda: 1))
+    assert plain & FLAG_CLOUDPICKLE == 0 and fancy & FLAG_CLOUDPICKLE
+
+
+def store_segments(store: EventStore) -> str:
+    return f"/dev/shm/{store._ring.name}"
+
+
+def test_store_segment_unlinked_after_drain():
+    store = EventStore(Dispatcher(), 4)
+    path = store_segments(store)
+    assert os.path.exists(path)
+    store.drain()
+    assert not os.path.exists(path)
+
+
+def test_store_segment_unlinked_when_garbage_collected_without_drain():
+    store = EventStore(Dispatcher(), 4)
+    path = store_segments(store)
+    store.subscribe(Event("p", b"y" * 5000))  # an overflow block too
+    del store
+    gc.collect()
+    assert not os.path.exists(path)
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(os.path.basename(path))]
+
+
+def test_store_counters_reach_the_shared_header_at_publish():
+    d = Dispatcher()
+    d.register("p", lambda ctx, ev: None)
+    with EventStore(d, 4) as store:
+        for i in range(6):
+            store.subscribe(Event("p", i))
+        store.publish()
+        header = store._ring.header
+        assert (int(header["written"]), int(header["published"]), int(header["dropped"])) == (6, 4, 2)
+
+
+def test_pickled_event_is_protocol_5():
+    payload, _ = encode_event(Event("p", 1))
+    assert payload[:2] == b"\x80\x05"
+    assert pickle.loads(payload) == Event("p", 1)
