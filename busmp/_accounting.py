@@ -50,10 +50,21 @@ class Accounting:
             self._call_hook(hook, item.ctx, item.event)
 
     def after(self, item: Item, handler: str, result: Result | None, error: BaseException | None) -> None:
+        self.settle(item, handler, result, error, counted=False)
+
+    def event_done(self, item: Item) -> None:
+        return None
+
+    def count(self, processed: int, errors: int) -> None:
         with self._lock:
-            self.processed += 1
-            if error is not None:
-                self.errors += 1
+            self.processed += processed
+            self.errors += errors
+
+    def settle(self, item: Item, handler: str, result: Result | None, error: BaseException | None,
+               counted: bool) -> None:
+        """One outcome: counters (unless ``counted`` already), dead letter, hooks."""
+        if not counted:
+            self.count(1, error is not None)
         if error is not None:
             self.dead_letter(item.event, error, item.attempts + 1, handler)
             if item.ticket is not None:

@@ -8,6 +8,7 @@ records outcomes to send back over the result ring, and the parent replays them.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -23,6 +24,8 @@ class Ticket:
     """Collects the failures of one group of events (a transaction, a scheduled event)."""
 
     errors: list[BaseException] = field(default_factory=list)
+    jobs: int = 0  # worker mode: jobs of this group not yet finished
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass(slots=True)
@@ -39,14 +42,16 @@ class Item:
 class Observer(Protocol):
     def before(self, item: Item, handler: str) -> None: ...
     def after(self, item: Item, handler: str, result: Result | None, error: BaseException | None) -> None: ...
+    def event_done(self, item: Item) -> None: ...
 
 
-def run_items(items: Sequence[Item], routes: Routes, observer: Observer, emit: Emitter,
-              catch: type[BaseException] = Exception) -> None:
-    """Every per-event handler of every item, then every batch handler, with ``emit`` live.
+def run_items(items: Iterable[Item], routes: Routes, observer: Observer, emit: Emitter,
+              catch: type[BaseException] = Exception, batches: bool = True) -> None:
+    """Every per-event handler of every item, then (if ``batches``) every batch handler.
 
-    ``catch`` is what counts as a handler failure: ``Exception`` in the parent (Ctrl-C still
-    stops the program), ``BaseException`` in a worker (the worker must outlive its handlers).
+    ``emit`` is live throughout, for ``ctx.emit``. ``catch`` is what counts as a handler
+    failure: ``Exception`` in the parent (Ctrl-C still stops the program), ``BaseException``
+    in a worker (the worker must outlive its handlers).
     """
     reset = current_emitter.set(emit)
     try:
@@ -59,7 +64,8 @@ def run_items(items: Sequence[Item], routes: Routes, observer: Observer, emit: E
                     observer.after(item, name, None, exc)
                 else:
                     observer.after(item, name, result if result is not None else Result(), None)
-        if routes.batches:
+            observer.event_done(item)
+        if batches and routes.batches:
             for route, chunk in batch_chunks(items, routes.batches):
                 run_chunk(route, chunk, observer, catch)
     finally:

@@ -169,8 +169,15 @@ class SlotRing:
 
     def routes(self, slots: np.ndarray) -> np.ndarray:
         """The route words of ``slots``, read in one vectorised gather."""
-        words = np.ndarray((self.slot_count,), dtype="<i8", buffer=self._buf,
-                           offset=HEADER_SIZE + 8, strides=(self.slot_size,))
+        return self._column(8, "<i8", slots)
+
+    def seqs(self, slots: np.ndarray) -> np.ndarray:
+        """The sequence numbers of ``slots``, read in one vectorised gather."""
+        return self._column(0, "<u8", slots).astype(np.int64)
+
+    def _column(self, offset: int, dtype: str, slots: np.ndarray) -> np.ndarray:
+        words = np.ndarray((self.slot_count,), dtype=dtype, buffer=self._buf,
+                           offset=HEADER_SIZE + offset, strides=(self.slot_size,))
         gathered: np.ndarray = words[slots]
         return gathered
 
@@ -200,7 +207,7 @@ class SlotRing:
     def allocate(self) -> int | None:
         return self.free.popleft() if self.free else None
 
-    def release(self, slots: Any) -> None:
+    def release(self, slots: list[int]) -> None:
         """Give slots back once nobody will read them again."""
         for slot in slots:
             if slot in self._overflow:

@@ -76,7 +76,13 @@ class EventStore:
     def _make_executor(self, workers: int, start_method: str | None) -> Executor:
         if workers == 0:
             return InlineExecutor(self)
-        raise NotImplementedError("worker processes are not built yet; use workers=0")
+        from ._pool import ProcessExecutor
+
+        try:
+            return ProcessExecutor(self, self._ring, workers, start_method, self._ring.name[:-len("_ring")])
+        except BaseException:
+            self._finalizer()
+            raise
 
     # -- configuration ------------------------------------------------------------
     def register_batch(self, projection: Hashable, size: int, handler: BatchHandler) -> None:
@@ -100,13 +106,20 @@ class EventStore:
             self._config_version += 1
 
     def on_before(self, hook: BeforeHook) -> None:
+        """Call ``hook(ctx, event)`` before each (event, handler); in this process."""
         self.accounting.before_hooks.append(_callable(hook, "on_before hook"))
 
     def on_after(self, hook: AfterHook) -> None:
+        """Call ``hook(ctx, event, result, error)`` after each (event, handler); in this process."""
         self.accounting.after_hooks.append(_callable(hook, "on_after hook"))
 
     def on_error(self, hook: ErrorHook) -> None:
+        """Call ``hook(ctx, event, error)`` for each failed (event, handler); in this process."""
         self.accounting.error_hooks.append(_callable(hook, "on_error hook"))
+
+    def routes_and_key(self) -> tuple[Routes, object]:
+        """The routing snapshot and a key that changes whenever workers need a new copy."""
+        return self.routes(), (self._dispatcher.version, self._config_version, self.accounting.wants_results)
 
     def routes(self) -> Routes:
         """The routing snapshot for the next dispatch, rebuilt only when something changed."""
@@ -246,7 +259,7 @@ class EventStore:
         """Decode claimed slots and give them back to the ring (sync mode: nobody else reads them)."""
         with self._lock:
             items = [self._decode(slot, ticket) for slot in slots]
-            self._ring.release(slots)
+            self._ring.release(list(slots))
             self._ring.counts["published"] += len(slots)
             self._ring.sync_header()
             self._room.notify_all()
@@ -269,12 +282,45 @@ class EventStore:
             ticket.errors.append(error)
         return Item(event, BACKGROUND, 0, None)
 
-    def accept_followup(self, event: Event, ctx: Context | None) -> None:
-        """A handler's ``ctx.emit(event)``: counted as published and as work in flight."""
-        self._encode(event, ctx)  # reject what could not travel to a worker, in every mode
+    def item_at(self, slot: int, seq: int, ticket: Ticket | None) -> Item:
+        """Worker mode: the event a worker reported on, decoded again in the parent for hooks and DLQ."""
+        payload: Any = b""
+        try:
+            payload, flags = self._ring.read(slot, seq)
+            event, ctx, attempts = decode_event(payload, flags)
+        except Exception as exc:
+            return self._undecodable(bytes(payload), exc, None)
+        return Item(event, ctx if ctx is not None else BACKGROUND, attempts, ticket)
+
+    def release(self, slots: Any) -> None:
+        """Worker mode: these slots' events are fully handled; reuse the slots."""
+        freed = [int(slot) for slot in slots]
+        with self._lock:
+            self._ring.release(freed)
+            self._room.notify_all()
+        self.finished(len(freed))
+
+    def place_followups(self, encoded: list[Encoded]) -> list[int]:
+        """Worker mode: write as many emitted events as there are free slots; no policy applies."""
+        placed: list[int] = []
+        with self._lock:
+            for item in encoded:
+                slot = self._ring.allocate()
+                if slot is None:
+                    break
+                self._write(slot, item)
+                placed.append(slot)
+        return placed
+
+    def count_followup(self) -> None:
         with self._lock:
             self._published += 1
             self._in_flight += 1
+
+    def accept_followup(self, event: Event, ctx: Context | None) -> None:
+        """A handler's ``ctx.emit(event)``: counted as published and as work in flight."""
+        self._encode(event, ctx)  # reject what could not travel to a worker, in every mode
+        self.count_followup()
 
     def finished(self, count: int) -> None:
         with self._lock:

@@ -1,0 +1,434 @@
+"""The process executor: starts, feeds, watches and replaces the worker processes.
+
+``submit`` (any parent thread) turns claimed slots into jobs and writes them into the job
+channels, then rings each worker's doorbell once. The *collector* thread sleeps on one notify
+pipe plus every worker's process sentinel; when woken it replays results through the store's
+accounting (hooks, DLQ, metrics run here, in the parent), places emitted follow-ups into free
+slots, and frees slots whose jobs are all done. A worker that dies is noticed by its sentinel:
+what it held becomes dead letters (``WorkerCrashed``) and a replacement starts.
+
+Slots are reference-counted: an event may sit in one EVENTS job and in one BATCH job per batch
+handler of its projection; its slot returns to the free list when the last of them is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import pickle
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait as wait_for_ready
+from typing import Any, Protocol
+
+import cloudpickle
+import numpy as np
+
+from ._accounting import Accounting
+from ._channel import Channel
+from ._codec import decode_event
+from ._dispatch import Routes
+from ._errors import BusError, StoreClosed, WorkerCrashed
+from ._event import Event
+from ._pipeline import Item, Ticket
+from ._protocol import (
+    BATCH, BATCH_HEAD, CUR_ERRORS, CUR_JOB, CUR_POS, CUR_PROCESSED, DONE, DONE_REC, EMIT, EMIT_HEAD,
+    EVENTS, HANDLED, JOB_HEAD, OUTCOME, OUTCOME_HEAD, PID, ROUTES, ROUTES_HEAD, STOP, pack_pairs,
+)
+from ._ring import SlotRing
+from ._worker import worker_main
+
+__all__ = ["ProcessExecutor", "DEFAULT_START_METHOD", "PoolHost"]
+
+log = logging.getLogger("busmp")
+
+#: forkserver: the store's parent has threads (collector, timers), and forking a threaded
+#: process can deadlock the child; forkserver forks from a clean single-threaded server that
+#: has busmp and numpy preloaded, so workers start nearly as fast as with fork.
+DEFAULT_START_METHOD = "forkserver" if sys.platform.startswith("linux") else "spawn"
+MAX_JOB = 256             # events per job: small enough to balance, big enough to amortise
+JOBS_PER_WORKER = 4       # a publish is cut into at least this many jobs per worker
+EARLY_DEATHS_ALLOWED = 3  # workers that die before starting, in a row, before we give up
+CRASH_HANDLER = "busmp.worker"
+
+
+class PoolHost(Protocol):
+    accounting: Accounting
+
+    def routes_and_key(self) -> tuple[Routes, object]: ...
+    def item_at(self, slot: int, seq: int, ticket: Ticket | None) -> Item: ...
+    def release(self, slots: np.ndarray) -> None: ...
+    def finished(self, count: int) -> None: ...
+    def place_followups(self, encoded: list[tuple[bytes, int, int]]) -> list[int]: ...
+    def count_followup(self) -> None: ...
+
+
+@dataclass(eq=False)
+class Job:
+    id: int
+    worker: int
+    kind: int
+    slots: np.ndarray
+    seqs: np.ndarray
+    ticket: Ticket | None = None
+    batch: tuple[int, int] = (0, 0)  # (projection index, route index) for BATCH jobs
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    index: int
+    jobs: Channel
+    results: Channel
+    doorbell_r: Any
+    doorbell_w: Any
+    process: Any = None
+    outstanding: dict[int, Job] = field(default_factory=dict)
+    routes_key: object = None
+    queued: int = 0  # events in outstanding jobs, for balancing
+    crashed_handled: int = 0  # events handled by earlier processes in this position
+
+
+class ProcessExecutor:
+    def __init__(self, host: PoolHost, ring: SlotRing, workers: int, start_method: str | None,
+                 prefix: str) -> None:
+        self.workers = workers
+        self._host = host
+        self._ring = ring
+        self._prefix = prefix
+        self._ctx: Any = mp.get_context(start_method or DEFAULT_START_METHOD)
+        if self._ctx.get_start_method() == "forkserver":
+            self._ctx.set_forkserver_preload(["busmp._worker"])
+        self._lock = threading.RLock()
+        self._refs = np.zeros(ring.slot_count, dtype=np.int32)
+        self._jobs: dict[int, Job] = {}
+        self._next_job = 1
+        self._routes_cache: tuple[object, bytes] | None = None
+        self._backlog: deque[tuple[bytes, int, int]] = deque()
+        self._closing = False
+        self._broken: str | None = None
+        self._early_deaths = 0
+        self._notify_r, self._notify_w = self._ctx.Pipe(duplex=False)
+        os.set_blocking(self._notify_r.fileno(), False)
+        self._stop_r, self._stop_w = os.pipe()
+        self._handles: list[WorkerHandle] = []
+        try:
+            for i in range(workers):
+                self._handles.append(self._new_handle(i))
+                self._start(self._handles[i])
+        except BaseException:
+            self._release_resources()
+            raise
+        self._collector = threading.Thread(target=self._collect, name=f"busmp-collector-{prefix}", daemon=True)
+        self._collector.start()
+
+    # -- workers ------------------------------------------------------------------
+    def _new_handle(self, i: int) -> WorkerHandle:
+        capacity = 48 * self._ring.slot_count + (1 << 20)
+        jobs = Channel.create(f"{self._prefix}_j{i}", capacity)
+        results = Channel.create(f"{self._prefix}_r{i}", 1 << 22)
+        doorbell_r, doorbell_w = self._ctx.Pipe(duplex=False)
+        os.set_blocking(doorbell_w.fileno(), False)
+        return WorkerHandle(i, jobs, results, doorbell_r, doorbell_w)
+
+    def _start(self, handle: WorkerHandle) -> None:
+        handle.process = self._ctx.Process(
+            target=worker_main, name=f"busmp-worker-{handle.index}", daemon=True,
+            args=(self._ring.name, handle.jobs.name, handle.results.name, handle.doorbell_r,
+                  self._notify_w, os.getpid()))
+        handle.process.start()
+        handle.routes_key = None
+
+    def _ring_doorbell(self, handle: WorkerHandle) -> None:
+        try:
+            os.write(handle.doorbell_w.fileno(), b"\x01")
+        except BlockingIOError:
+            pass  # a full pipe wakes the worker already
+
+    # -- submitting ---------------------------------------------------------------
+    def submit(self, slots: Sequence[int], ticket: Ticket | None = None) -> None:
+        arr = np.asarray(slots, dtype=np.int64)
+        with self._lock:
+            if self._broken is not None:
+                self._host.release(arr)
+                raise BusError(self._broken)
+            self._ring.counts["published"] += len(arr)
+            self._ring.sync_header()
+            routes, key = self._host.routes_and_key()
+            jobs = self._plan(arr, routes, ticket)
+            if ticket is not None:
+                ticket.jobs += len(jobs)
+            for job in jobs:
+                self._refs[job.slots] += 1
+            idle = arr[self._refs[arr] == 0]
+            woken: set[int] = set()
+            for job in jobs:
+                handle = self._handles[job.worker]
+                self._ship_routes(handle, routes, key)
+                self._write_job(handle, job)
+                woken.add(job.worker)
+            for i in woken:
+                self._ring_doorbell(self._handles[i])
+        if len(idle):
+            self._host.release(idle)  # no handler wants these events
+        if ticket is not None and ticket.jobs == 0:
+            ticket.done.set()
+
+    def _plan(self, slots: np.ndarray, routes: Routes, ticket: Ticket | None) -> list[Job]:
+        """Cut slots into EVENTS jobs (per-event handlers) and BATCH jobs (batch handlers)."""
+        seqs = self._ring.seqs(slots)
+        hashes = self._ring.routes(slots)
+        handled = np.isin(hashes, _handler_hashes(routes))
+        jobs: list[Job] = []
+        order = sorted(range(self.workers), key=lambda i: self._handles[i].queued)
+        if ticket is not None:
+            order = order[:1]  # a group runs on one worker, in order
+        ev_slots, ev_seqs = slots[handled], seqs[handled]
+        size = len(ev_slots) if ticket is not None else \
+            max(1, min(MAX_JOB, -(-len(ev_slots) // (self.workers * JOBS_PER_WORKER))))
+        for n, start in enumerate(range(0, len(ev_slots), max(size, 1))):
+            jobs.append(self._job(order[n % len(order)], EVENTS, ev_slots[start:start + size],
+                                  ev_seqs[start:start + size], ticket))
+        for key, (projection, batch_routes) in enumerate(routes.batches.items()):
+            mine = hashes == hash(projection)
+            b_slots, b_seqs = slots[mine], seqs[mine]
+            for r, route in enumerate(batch_routes):
+                for start in range(0, len(b_slots), route.size):
+                    job = self._job(order[len(jobs) % len(order)], BATCH, b_slots[start:start + route.size],
+                                    b_seqs[start:start + route.size], ticket)
+                    job.batch = (key, r)
+                    jobs.append(job)
+        return jobs
+
+    def _job(self, worker: int, kind: int, slots: np.ndarray, seqs: np.ndarray, ticket: Ticket | None) -> Job:
+        job = Job(self._next_job, worker, kind, slots, seqs, ticket)
+        self._next_job += 1
+        return job
+
+    def _ship_routes(self, handle: WorkerHandle, routes: Routes, key: object) -> None:
+        if handle.routes_key == key:
+            return
+        if self._routes_cache is None or self._routes_cache[0] != key:
+            want = self._host.accounting.wants_results
+            self._routes_cache = (key, ROUTES_HEAD.pack(0, want) + cloudpickle.dumps(routes, 5))
+        handle.jobs.put(ROUTES, self._routes_cache[1], self._waiter(handle))
+        handle.routes_key = key
+
+    def _write_job(self, handle: WorkerHandle, job: Job) -> None:
+        if job.kind == EVENTS:
+            head = JOB_HEAD.pack(job.id, len(job.slots))
+        else:
+            head = BATCH_HEAD.pack(job.id, len(job.slots), *job.batch)
+        self._jobs[job.id] = job
+        handle.outstanding[job.id] = job
+        handle.queued += len(job.slots)
+        handle.jobs.put(job.kind, head + pack_pairs(job.slots, job.seqs), self._waiter(handle))
+
+    def _waiter(self, handle: WorkerHandle) -> Any:
+        def wait() -> None:
+            if not handle.process.is_alive():
+                raise BusError(f"worker {handle.index} died while its job channel was full")
+            self._ring_doorbell(handle)
+            time.sleep(0.0002)
+        return wait
+
+    def wait(self, ticket: Ticket, timeout: float | None) -> None:
+        if not ticket.done.wait(timeout):
+            raise TimeoutError("events were not handled in time")
+
+    def per_worker(self) -> tuple[int, ...]:
+        return tuple(h.crashed_handled + h.jobs.control(HANDLED) for h in self._handles)
+
+    # -- collecting ---------------------------------------------------------------
+    def _collect(self) -> None:
+        try:
+            while True:
+                sentinels = {h.process.sentinel: h for h in self._handles if h.process is not None}
+                ready = wait_for_ready([self._notify_r, self._stop_r, *sentinels], timeout=1.0)
+                self._drain_pipe()
+                self._drain_all()
+                if self._stop_r in ready:
+                    return  # shutdown() takes over the workers from here
+                for handle in self._handles:
+                    if handle.process is not None and not handle.process.is_alive():
+                        self._on_death(handle)
+        except BaseException:  # pragma: no cover - a bug; make it loud rather than hang flush()
+            log.exception("busmp collector thread failed")
+            raise
+
+    def _drain_pipe(self) -> None:
+        try:
+            while os.read(self._notify_r.fileno(), 65536):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _drain_all(self) -> None:
+        for handle in self._handles:
+            self._drain(handle)
+        self._place_backlog()
+
+    def _drain(self, handle: WorkerHandle) -> None:
+        results = handle.results
+        while (record := results.get()) is not None:
+            kind, payload = record
+            if kind == DONE:
+                job_id, processed, errors = DONE_REC.unpack(payload)
+                self._host.accounting.count(processed, errors)
+                job = self._jobs.get(job_id)
+                if job is not None:
+                    self._finish(job)
+            elif kind == OUTCOME:
+                job_id, pos = OUTCOME_HEAD.unpack_from(payload)
+                name, result, error = pickle.loads(payload[OUTCOME_HEAD.size:])
+                job = self._jobs.get(job_id)
+                if job is not None:
+                    self._settle(job, pos, name, result, error, counted=True)
+            elif kind == EMIT:
+                (flags,) = EMIT_HEAD.unpack_from(payload)
+                self._accept_emitted(bytes(payload[EMIT_HEAD.size:]), flags)
+
+    def _settle(self, job: Job, pos: int, name: str, result: Any, error: BaseException | None,
+                counted: bool) -> None:
+        item = self._host.item_at(int(job.slots[pos]), int(job.seqs[pos]), job.ticket)
+        accounting = self._host.accounting
+        accounting.before(item, name)
+        accounting.settle(item, name, result, error, counted=counted)
+
+    def _finish(self, job: Job) -> None:
+        with self._lock:
+            if self._jobs.pop(job.id, None) is None:
+                return
+            handle = self._handles[job.worker]
+            handle.outstanding.pop(job.id, None)
+            handle.queued -= len(job.slots)
+            self._refs[job.slots] -= 1
+            done = job.slots[self._refs[job.slots] == 0]
+        if len(done):
+            self._host.release(done)
+        if job.ticket is not None:
+            job.ticket.jobs -= 1
+            if job.ticket.jobs == 0:
+                job.ticket.done.set()
+
+    # -- follow-ups -----------------------------------------------------------------
+    def _accept_emitted(self, payload: bytes, flags: int) -> None:
+        try:
+            event, _ctx, _attempts = decode_event(payload, flags)
+        except Exception as exc:
+            self._host.accounting.dead_letter(Event("busmp.undecodable", payload), exc, 1, "busmp.codec.decode_event")
+            return
+        self._host.count_followup()
+        self._backlog.append((payload, flags, hash(event.projection)))
+
+    def _place_backlog(self) -> None:
+        """Move follow-ups into free slots and submit them; the rest wait for released slots."""
+        if not self._backlog or self._closing:
+            return
+        placed = self._host.place_followups(list(self._backlog))
+        for _ in placed:
+            self._backlog.popleft()
+        if placed:
+            self.submit(placed)
+
+    # -- crashes ------------------------------------------------------------------
+    def _on_death(self, handle: WorkerHandle) -> None:
+        process = handle.process
+        process.join()
+        self._drain(handle)
+        started = handle.jobs.control(PID) != 0
+        error: BaseException = (StoreClosed("the store was drained before the event was handled")
+                                if self._closing else WorkerCrashed(process.pid, process.exitcode))
+        cur_job, cur_pos = handle.jobs.control(CUR_JOB), handle.jobs.control(CUR_POS)
+        for job in list(handle.outstanding.values()):
+            first = 0
+            if job.id == cur_job:
+                first = cur_pos
+                self._host.accounting.count(handle.jobs.control(CUR_PROCESSED), handle.jobs.control(CUR_ERRORS))
+            for pos in range(first, len(job.slots)):
+                self._settle(job, pos, CRASH_HANDLER, None, error, counted=False)
+            self._finish(job)
+        handle.crashed_handled += handle.jobs.control(HANDLED)
+        process.close()
+        handle.process = None
+        if self._closing:
+            return
+        log.warning("busmp worker %d (pid %s) died with exit code %s; starting a replacement",
+                    handle.index, process.pid, process.exitcode)
+        self._early_deaths = 0 if started else self._early_deaths + 1
+        if self._early_deaths >= EARLY_DEATHS_ALLOWED:
+            self._broken = (f"busmp worker processes die before starting (last exit code "
+                            f"{process.exitcode}); check that the main module can be imported "
+                            "by a child process (guard it with `if __name__ == '__main__':`)")
+            return
+        handle.jobs.reset()
+        handle.results.reset()
+        self._start(handle)
+
+    # -- shutting down ----------------------------------------------------------------
+    def shutdown(self, timeout: float | None) -> None:
+        """Stop every worker (STOP, then terminate stragglers); what they held becomes dead letters."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+        os.write(self._stop_w, b"\x01")
+        self._collector.join()  # from here on this thread alone reads results
+        live = [h for h in self._handles if h.process is not None and h.process.is_alive()]
+        for handle in live:
+            try:
+                handle.jobs.put(STOP, b"", self._waiter(handle))
+            except BusError:
+                pass
+            self._ring_doorbell(handle)
+        grace = time.monotonic() + (timeout if timeout is not None else 5.0)
+        for handle in live:
+            _stop_process(handle.process, grace)
+        self._drain_all()
+        for handle in self._handles:
+            if handle.process is not None:
+                self._on_death(handle)
+        self._backlog_to_dead_letters()
+        self._release_resources()
+
+    def _backlog_to_dead_letters(self) -> None:
+        while self._backlog:
+            payload, flags, _ = self._backlog.popleft()
+            event = decode_event(payload, flags)[0]
+            self._host.accounting.dead_letter(event, StoreClosed("store drained before the follow-up ran"), 1,
+                                              CRASH_HANDLER)
+            self._host.finished(1)
+
+    def _release_resources(self) -> None:
+        for handle in self._handles:
+            handle.jobs.close()
+            handle.results.close()
+            handle.doorbell_r.close()
+            handle.doorbell_w.close()
+        self._notify_r.close()
+        self._notify_w.close()
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+
+
+def _handler_hashes(routes: Routes) -> np.ndarray:
+    cached = getattr(routes, "_hashes", None)
+    if cached is None:
+        cached = np.array([hash(p) for p, hs in routes.handlers.items() if hs], dtype=np.int64)
+        routes._hashes = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def _stop_process(process: Any, deadline: float) -> None:
+    """Join ``process`` until ``deadline``, then terminate it, then kill it."""
+    process.join(max(0.0, deadline - time.monotonic()))
+    if process.is_alive():
+        process.terminate()
+        process.join(1.0)
+    if process.is_alive():
+        process.kill()
+        process.join()

@@ -1,0 +1,56 @@
+"""The records parent and workers exchange over their channels (see ``_channel``).
+
+Job channel, parent -> worker:
+
+    ROUTES  version u64, want_outcomes u8 | cloudpickle(Routes)
+    EVENTS  job u64, count u32            | count x (slot i64, seq i64): run per-event handlers
+    BATCH   job u64, count u32, key u32, route u32 | pairs: one batch call, projection #key
+    STOP    (empty): finish what is queued, then exit
+
+Result channel, worker -> parent:
+
+    OUTCOME job u64, pos u32 | pickle((handler name, Result | None, exception | None))
+            always for a failure; for successes only when the parent has hooks
+    EMIT    flags u32 | an encoded event (``_codec``), from ``ctx.emit``
+    DONE    job u64, processed i64, errors i64: the job is finished, its slots may be reused
+
+Control words of a worker's *job* channel, all written by the worker: the job in progress and
+how far it got, so that the parent can tell, after a crash, exactly which events died with it.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+__all__ = [
+    "ROUTES", "EVENTS", "BATCH", "STOP", "OUTCOME", "EMIT", "DONE",
+    "ROUTES_HEAD", "JOB_HEAD", "BATCH_HEAD", "OUTCOME_HEAD", "EMIT_HEAD", "DONE_REC",
+    "CUR_JOB", "CUR_POS", "CUR_PROCESSED", "CUR_ERRORS", "PID", "HANDLED",
+    "pack_pairs", "unpack_pairs",
+]
+
+ROUTES, EVENTS, BATCH, STOP = 1, 2, 3, 4
+OUTCOME, EMIT, DONE = 11, 12, 13
+
+ROUTES_HEAD = struct.Struct("<QB")
+JOB_HEAD = struct.Struct("<QI")
+BATCH_HEAD = struct.Struct("<QIII")
+OUTCOME_HEAD = struct.Struct("<QI")
+EMIT_HEAD = struct.Struct("<I")
+DONE_REC = struct.Struct("<Qqq")
+
+# Control words (indices into the job channel's spare line).
+CUR_JOB, CUR_POS, CUR_PROCESSED, CUR_ERRORS, PID, HANDLED = range(6)
+
+
+def pack_pairs(slots: np.ndarray, seqs: np.ndarray) -> bytes:
+    pairs = np.empty((len(slots), 2), dtype="<i8")
+    pairs[:, 0] = slots
+    pairs[:, 1] = seqs
+    return pairs.tobytes()
+
+
+def unpack_pairs(data: bytes | memoryview, offset: int) -> np.ndarray:
+    return np.frombuffer(data, dtype="<i8", offset=offset).reshape(-1, 2)

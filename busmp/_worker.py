@@ -1,0 +1,241 @@
+"""The worker process: read jobs from its channel, run handlers on slots, report results.
+
+Loop: take the next job record; for EVENTS decode each named slot straight from the shared
+ring and run its fan-out handlers; for BATCH run one batch call; write outcomes, emitted
+events and a DONE record to the result channel. With no job queued, spin briefly (x86-64 only,
+see ``_ring``), then sleep in ``select`` on the doorbell pipe; every half second of sleep it
+checks that the parent still lives, and exits if not.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import threading
+import time
+from collections.abc import Hashable
+from typing import Any
+
+import psutil
+
+from ._channel import Channel
+from ._codec import decode_event, dumps, encode_event, portable_exception
+from ._dispatch import BatchRoute, Routes
+from ._errors import RemoteError
+from ._event import BACKGROUND, Context, Event, Result, current_emitter
+from ._pipeline import Item, run_chunk, run_items
+from ._protocol import (
+    BATCH, BATCH_HEAD, CUR_ERRORS, CUR_JOB, CUR_POS, CUR_PROCESSED, DONE, DONE_REC, EMIT, EMIT_HEAD,
+    EVENTS, HANDLED, JOB_HEAD, OUTCOME, OUTCOME_HEAD, PID, ROUTES, ROUTES_HEAD, STOP, unpack_pairs,
+)
+from ._ring import SPIN_ALLOWED, CorruptSlot, SlotRing
+
+__all__ = ["worker_main", "WorkerArgs"]
+
+SPIN_SECONDS = 50e-6
+PARENT_CHECK_SECONDS = 0.5
+NOTIFY_EVERY_SECONDS = 0.001
+
+WorkerArgs = tuple[str, str, str, Any, Any, int]  # ring, jobs, results, doorbell, notify, owner pid
+
+
+def worker_main(ring_name: str, jobs_name: str, results_name: str, doorbell: Any, notify: Any,
+                owner_pid: int) -> None:
+    """Entry point of a worker process (the target of ``Process``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it drains us
+    _start_watchdog(owner_pid)
+    worker = Worker(SlotRing.attach(ring_name), Channel.attach(jobs_name), Channel.attach(results_name),
+                    doorbell.fileno(), notify.fileno(), owner_pid)
+    try:
+        worker.run()
+    finally:
+        worker.close()
+
+
+class Worker:
+    def __init__(self, ring: SlotRing, jobs: Channel, results: Channel, doorbell_fd: int,
+                 notify_fd: int, owner_pid: int) -> None:
+        self.ring, self.jobs, self.results = ring, jobs, results
+        self.doorbell_fd, self.notify_fd = doorbell_fd, notify_fd
+        os.set_blocking(doorbell_fd, False)
+        os.set_blocking(notify_fd, False)
+        self.owner = _process(owner_pid)
+        self.routes = Routes()
+        self.want_outcomes = False
+        self.handled = 0
+        self.last_notify = 0.0
+        self.unnotified = False
+        # Per-job state, for the observer callbacks.
+        self.job = 0
+        self.pairs: Any = None
+        self.processed = 0
+        self.errors = 0
+        self.pos = 0
+        jobs.set_control(PID, os.getpid())
+
+    def close(self) -> None:
+        self.notify_parent()
+        self.ring.close()
+        self.jobs.close()
+        self.results.close()
+
+    # -- main loop ----------------------------------------------------------------
+    def run(self) -> None:
+        while True:
+            record = self.jobs.get()
+            if record is None:
+                self.notify_parent()
+                if not self.wait_for_work():
+                    return
+                continue
+            kind, payload = record
+            if kind == STOP:
+                return
+            if kind == ROUTES:
+                version, want = ROUTES_HEAD.unpack_from(payload)
+                self.routes, self.want_outcomes = pickle.loads(payload[ROUTES_HEAD.size:]), bool(want)
+            elif kind == EVENTS:
+                job, _count = JOB_HEAD.unpack_from(payload)
+                self.run_events(job, unpack_pairs(payload, JOB_HEAD.size))
+            elif kind == BATCH:
+                job, _count, key, route = BATCH_HEAD.unpack_from(payload)
+                self.run_batch(job, unpack_pairs(payload, BATCH_HEAD.size), key, route)
+            if not self.jobs.has_data() or time.monotonic() - self.last_notify > NOTIFY_EVERY_SECONDS:
+                self.notify_parent()
+
+    def wait_for_work(self) -> bool:
+        """Spin briefly, then sleep on the doorbell; False once the parent is gone."""
+        if SPIN_ALLOWED:
+            until = time.perf_counter() + SPIN_SECONDS
+            while time.perf_counter() < until:
+                if self.jobs.has_data():
+                    return True
+        while True:
+            readable, _, _ = select.select([self.doorbell_fd], [], [], PARENT_CHECK_SECONDS)
+            if readable:
+                try:
+                    if not os.read(self.doorbell_fd, 4096):
+                        return False  # every writer closed: the parent is gone
+                except BlockingIOError:
+                    pass
+                return True
+            if not self.parent_alive():
+                return False
+
+    def parent_alive(self) -> bool:
+        return self.owner is not None and self.owner.is_running()
+
+    def notify_parent(self) -> None:
+        self.last_notify = time.monotonic()
+        try:
+            os.write(self.notify_fd, b"\x01")
+        except BlockingIOError:
+            pass  # the pipe is full: the parent has wake-ups enough
+
+    # -- jobs ---------------------------------------------------------------------
+    def start_job(self, job: int, pairs: Any) -> None:
+        self.pairs, self.processed, self.errors, self.pos = pairs, 0, 0, 0
+        jobs = self.jobs
+        jobs.set_control(CUR_POS, 0)
+        jobs.set_control(CUR_PROCESSED, 0)
+        jobs.set_control(CUR_ERRORS, 0)
+        jobs.set_control(CUR_JOB, job)  # last: until now a crash charges the whole job
+        self.job = job
+
+    def finish_job(self, events: int) -> None:
+        self.results.put(DONE, DONE_REC.pack(self.job, self.processed, self.errors), self.wait_for_parent)
+        self.handled += events
+        self.jobs.set_control(HANDLED, self.handled)
+
+    def run_events(self, job: int, pairs: Any) -> None:
+        self.start_job(job, pairs)
+        items = (item for pos in range(len(pairs)) if (item := self.decode(pos)) is not None)
+        run_items(items, self.routes, self, self.emit, catch=BaseException, batches=False)
+        self.finish_job(len(pairs))
+
+    def run_batch(self, job: int, pairs: Any, key: int, route_index: int) -> None:
+        self.start_job(job, pairs)
+        projection: Hashable = list(self.routes.batches)[key]
+        route: BatchRoute = self.routes.batches[projection][route_index]
+        items = [item for pos in range(len(pairs)) if (item := self.decode(pos)) is not None]
+        # A projection that only shares the hash of the batch projection is not delivered.
+        chunk = [item for item in items if item.event.projection == projection]
+        if chunk:
+            reset = current_emitter.set(self.emit)
+            try:
+                run_chunk(route, chunk, self, catch=BaseException)
+            finally:
+                current_emitter.reset(reset)
+        self.finish_job(len(pairs))
+
+    def decode(self, pos: int) -> Item | None:
+        slot, seq = int(self.pairs[pos, 0]), int(self.pairs[pos, 1])
+        try:
+            payload, flags = self.ring.read(slot, seq)
+            event, ctx, attempts = decode_event(payload, flags)
+        except Exception as exc:  # charged to this one event
+            self.processed += 1
+            self.errors += 1
+            self.report(pos, "busmp.codec.decode_event", None, exc)
+            self.jobs.set_control(CUR_POS, pos + 1)
+            return None
+        return Item(event, ctx if ctx is not None else BACKGROUND, attempts, None, pos)
+
+    # -- observer: outcomes go to the parent ----------------------------------------
+    def before(self, item: Item, handler: str) -> None:
+        return None  # the parent fires on_before when the outcome arrives
+
+    def after(self, item: Item, handler: str, result: Result | None, error: BaseException | None) -> None:
+        self.processed += 1
+        if error is not None:
+            self.errors += 1
+            self.report(item.token, handler, None, error)
+        elif self.want_outcomes:
+            self.report(item.token, handler, result, None)
+
+    def event_done(self, item: Item) -> None:
+        self.jobs.set_control(CUR_PROCESSED, self.processed)
+        self.jobs.set_control(CUR_ERRORS, self.errors)
+        self.jobs.set_control(CUR_POS, item.token + 1)
+
+    def report(self, pos: int, handler: str, result: Result | None, error: BaseException | None) -> None:
+        if error is not None:
+            error = portable_exception(error)
+        try:
+            body, _ = dumps((handler, result, error))
+        except Exception as exc:  # an unpicklable Result.value
+            body, _ = dumps((handler, None, RemoteError(
+                "TypeError", f"handler {handler} returned a result that cannot be pickled: {exc}")))
+        self.results.put(OUTCOME, OUTCOME_HEAD.pack(self.job, pos) + body, self.wait_for_parent)
+
+    def emit(self, event: Event, ctx: Context) -> None:
+        payload, flags = encode_event(event, ctx if ctx is not BACKGROUND else None)
+        self.results.put(EMIT, EMIT_HEAD.pack(flags) + payload, self.wait_for_parent)
+
+    def wait_for_parent(self) -> None:
+        """The result channel is full: wake the parent and give it a moment."""
+        self.notify_parent()
+        time.sleep(0.0002)
+        if not self.parent_alive():
+            raise SystemExit(0)
+
+
+def _process(pid: int) -> Any:
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
+
+
+def _start_watchdog(owner_pid: int) -> None:
+    """Exit when the parent dies, even while a handler runs for minutes."""
+    owner = _process(owner_pid)
+
+    def watch() -> None:
+        while owner is not None and owner.is_running():
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="busmp-watchdog", daemon=True).start()
