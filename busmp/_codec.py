@@ -41,10 +41,16 @@ def dumps(obj: object) -> tuple[bytes, int]:
 def encode_event(event: Event, ctx: Context | None = None, attempts: int = 0) -> tuple[bytes, int]:
     """Encode an event (with its context and prior attempts, when it has them).
 
-    Raises ``TypeError`` naming the event when neither pickler can encode it.
+    The event travels as a plain tuple of its fields: pickling a tuple is several times
+    faster than pickling an instance of a class. Raises ``TypeError`` naming the event when
+    neither pickler can encode it.
     """
-    obj: object = event if ctx is None and attempts == 0 else (event, ctx, attempts)
-    flags = 0 if obj is event else FLAG_ENVELOPE
+    fields = (event.projection, event.data, event.id, event.args)
+    if ctx is None and attempts == 0:
+        obj: object = fields
+        flags = 0
+    else:
+        obj, flags = (fields, ctx, attempts), FLAG_ENVELOPE
     try:
         payload, how = dumps(obj)
     except Exception as exc:
@@ -59,9 +65,9 @@ def decode_event(payload: Any, flags: int) -> tuple[Event, Context | None, int]:
     """The inverse of :func:`encode_event`: ``(event, ctx, attempts)``."""
     obj = pickle.loads(payload)
     if flags & FLAG_ENVELOPE:
-        event, ctx, attempts = obj
-        return event, ctx, attempts
-    return obj, None, 0
+        fields, ctx, attempts = obj
+        return Event(*fields), ctx, attempts
+    return Event(*obj), None, 0
 
 
 def portable_exception(exc: BaseException) -> BaseException:

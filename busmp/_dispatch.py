@@ -7,7 +7,10 @@ receive the same snapshot, pickled with cloudpickle, whenever its version change
 
 from __future__ import annotations
 
+import enum
+import pickle
 import threading
+import types
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -33,6 +36,7 @@ def handler_name(fn: object) -> str:
 
 
 def check_projection(projection: object, what: str = "projection") -> None:
+    """A projection must be hashable, and still equal to itself after a trip through pickle."""
     try:
         hash(projection)
     except TypeError:
@@ -40,6 +44,27 @@ def check_projection(projection: object, what: str = "projection") -> None:
             f"{what} {projection!r} is unhashable ({type(projection).__name__}); "
             "use a hashable key such as a str, int, tuple, enum member or class"
         ) from None
+    if not survives_pickling(projection):
+        raise TypeError(
+            f"{what} {projection!r} is compared by identity and is a different object once "
+            "pickled into the ring, so no handler would ever match it; use a value such as a "
+            "str, int, tuple, enum member or class (e.g. USER_CREATED = 'user_created')"
+        )
+
+
+_BY_REFERENCE = (type, enum.Enum, types.FunctionType, types.BuiltinFunctionType, types.ModuleType)
+
+
+def survives_pickling(projection: object) -> bool:
+    """False for keys like ``object()`` that equal only themselves and pickle as a copy."""
+    if type(projection).__eq__ is not object.__eq__ or projection is None:
+        return True  # value equality (str, int, tuple, dataclasses...): a copy still matches
+    if isinstance(projection, _BY_REFERENCE):
+        return True  # pickled by reference: unpickling returns the very same object
+    try:
+        return pickle.loads(pickle.dumps(projection)) is projection
+    except Exception:
+        return False
 
 
 def _check_callable(fn: object, what: str) -> None:

@@ -18,7 +18,9 @@ from typing import Any
 
 from ._accounting import Accounting, AfterHook, BeforeHook, ErrorHook
 from ._codec import decode_event, encode_event
-from ._dispatch import BatchHandler, BatchRoute, Dispatcher, Middleware, Routes, check_projection, handler_name
+from ._dispatch import (
+    BatchHandler, BatchRoute, Dispatcher, Middleware, Routes, check_projection, handler_name, survives_pickling,
+)
 from ._dlq import DeadLetterQueue
 from ._errors import BufferFull, StoreClosed
 from ._event import BACKGROUND, Context, Event, current_emitter
@@ -183,7 +185,14 @@ class EventStore:
     def _encode(self, event: Event, ctx: Context | None, attempts: int = 0) -> Encoded:
         if not isinstance(event, Event):
             raise TypeError(f"expected an Event, got {type(event).__name__} {event!r}")
-        check_projection(event.projection, f"event {event!r} has projection")
+        projection = event.projection
+        try:
+            hash(projection)
+            routable = type(projection).__eq__ is not object.__eq__ or survives_pickling(projection)
+        except TypeError:
+            routable = False
+        if not routable:
+            check_projection(projection, f"event {event!r} has projection")
         if ctx is not None and not isinstance(ctx, Context):
             raise TypeError(f"ctx must be a busmp.Context or None, got {type(ctx).__name__}")
         payload, flags = encode_event(event, ctx, attempts)
