@@ -33,7 +33,7 @@ from ._accounting import Accounting
 from ._channel import Channel
 from ._codec import decode_event
 from ._dispatch import Routes
-from ._errors import BusError, StoreClosed, WorkerCrashed
+from ._errors import BusError, RemoteError, StoreClosed, WorkerCrashed
 from ._event import Event
 from ._pipeline import Item, Ticket
 from ._protocol import (
@@ -112,6 +112,7 @@ class ProcessExecutor:
         self._closing = False
         self._broken: str | None = None
         self._early_deaths = 0
+        self._final_counts: tuple[int, ...] | None = None  # per_worker() once the channels are gone
         self._notify_r, self._notify_w = self._ctx.Pipe(duplex=False)
         os.set_blocking(self._notify_r.fileno(), False)
         self._stop_r, self._stop_w = os.pipe()
@@ -241,14 +242,16 @@ class ProcessExecutor:
             raise TimeoutError("events were not handled in time")
 
     def per_worker(self) -> tuple[int, ...]:
+        if self._final_counts is not None:
+            return self._final_counts
         return tuple(h.crashed_handled + h.jobs.control(HANDLED) for h in self._handles)
 
     # -- collecting ---------------------------------------------------------------
     def _collect(self) -> None:
-        try:
-            while True:
-                sentinels = {h.process.sentinel: h for h in self._handles if h.process is not None}
-                ready = wait_for_ready([self._notify_r, self._stop_r, *sentinels], timeout=1.0)
+        while True:
+            sentinels = [h.process.sentinel for h in self._handles if h.process is not None]
+            ready = wait_for_ready([self._notify_r, self._stop_r, *sentinels], timeout=1.0)
+            try:
                 self._drain_pipe()
                 self._drain_all()
                 if self._stop_r in ready:
@@ -256,9 +259,8 @@ class ProcessExecutor:
                 for handle in self._handles:
                     if handle.process is not None and not handle.process.is_alive():
                         self._on_death(handle)
-        except BaseException:  # pragma: no cover - a bug; make it loud rather than hang flush()
-            log.exception("busmp collector thread failed")
-            raise
+            except Exception:  # a bug in here must not stop every later result from arriving
+                log.exception("busmp collector: unexpected error; carrying on")
 
     def _drain_pipe(self) -> None:
         try:
@@ -283,8 +285,11 @@ class ProcessExecutor:
                 if job is not None:
                     self._finish(job)
             elif kind == OUTCOME:
-                job_id, pos = OUTCOME_HEAD.unpack_from(payload)
-                name, result, error = pickle.loads(payload[OUTCOME_HEAD.size:])
+                job_id, pos, name_len, failed = OUTCOME_HEAD.unpack_from(payload)
+                name = payload[OUTCOME_HEAD.size: OUTCOME_HEAD.size + name_len].decode()
+                result, error = _load_outcome(payload[OUTCOME_HEAD.size + name_len:], name)
+                if error is not None and not failed:  # a success that could not be rebuilt here
+                    self._host.accounting.count(0, 1)
                 job = self._jobs.get(job_id)
                 if job is not None:
                     self._settle(job, pos, name, result, error, counted=True)
@@ -337,36 +342,49 @@ class ProcessExecutor:
 
     # -- crashes ------------------------------------------------------------------
     def _on_death(self, handle: WorkerHandle) -> None:
+        """A worker is gone: charge what it held, and (unless closing) start a replacement.
+
+        The channels are reset and the replacement started under the lock, *before* the dead
+        jobs are finished: finishing them may let ``flush()`` return, and the next ``submit``
+        must find a clean channel, not one that is about to be reset under it.
+        """
         process = handle.process
         process.join()
+        pid, exitcode = process.pid, process.exitcode
         self._drain(handle)
-        started = handle.jobs.control(PID) != 0
+        controls = handle.jobs
+        with self._lock:
+            cur_job, cur_pos = controls.control(CUR_JOB), controls.control(CUR_POS)
+            partial = (controls.control(CUR_PROCESSED), controls.control(CUR_ERRORS))
+            started = controls.control(PID) != 0
+            handle.crashed_handled += controls.control(HANDLED)
+            dead_jobs = list(handle.outstanding.values())
+            handle.jobs.reset()
+            handle.results.reset()
+            process.close()
+            handle.process = None
+            if not self._closing:
+                self._replace(handle, pid, exitcode, started)
         error: BaseException = (StoreClosed("the store was drained before the event was handled")
-                                if self._closing else WorkerCrashed(process.pid, process.exitcode))
-        cur_job, cur_pos = handle.jobs.control(CUR_JOB), handle.jobs.control(CUR_POS)
-        for job in list(handle.outstanding.values()):
+                                if self._closing else WorkerCrashed(pid, exitcode))
+        for job in dead_jobs:
             first = 0
             if job.id == cur_job:
                 first = cur_pos
-                self._host.accounting.count(handle.jobs.control(CUR_PROCESSED), handle.jobs.control(CUR_ERRORS))
+                self._host.accounting.count(*partial)
             for pos in range(first, len(job.slots)):
                 self._settle(job, pos, CRASH_HANDLER, None, error, counted=False)
             self._finish(job)
-        handle.crashed_handled += handle.jobs.control(HANDLED)
-        process.close()
-        handle.process = None
-        if self._closing:
-            return
+
+    def _replace(self, handle: WorkerHandle, pid: int, exitcode: int | None, started: bool) -> None:
         log.warning("busmp worker %d (pid %s) died with exit code %s; starting a replacement",
-                    handle.index, process.pid, process.exitcode)
+                    handle.index, pid, exitcode)
         self._early_deaths = 0 if started else self._early_deaths + 1
         if self._early_deaths >= EARLY_DEATHS_ALLOWED:
             self._broken = (f"busmp worker processes die before starting (last exit code "
-                            f"{process.exitcode}); check that the main module can be imported "
+                            f"{exitcode}); check that the main module can be imported "
                             "by a child process (guard it with `if __name__ == '__main__':`)")
             return
-        handle.jobs.reset()
-        handle.results.reset()
         self._start(handle)
 
     # -- shutting down ----------------------------------------------------------------
@@ -393,6 +411,7 @@ class ProcessExecutor:
             if handle.process is not None:
                 self._on_death(handle)
         self._backlog_to_dead_letters()
+        self._final_counts = self.per_worker()
         self._release_resources()
 
     def _backlog_to_dead_letters(self) -> None:
@@ -432,3 +451,13 @@ def _stop_process(process: Any, deadline: float) -> None:
     if process.is_alive():
         process.kill()
         process.join()
+
+
+def _load_outcome(body: bytes, handler: str) -> tuple[Any, BaseException | None]:
+    """A worker's (result, error); what cannot be rebuilt here becomes a RemoteError."""
+    try:
+        result, error = pickle.loads(body)
+    except Exception as exc:
+        return None, RemoteError(type(exc).__name__, f"the outcome of handler {handler} could not be "
+                                 f"unpickled in the parent: {exc}")
+    return result, error

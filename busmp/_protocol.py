@@ -9,7 +9,7 @@ Job channel, parent -> worker:
 
 Result channel, worker -> parent:
 
-    OUTCOME job u64, pos u32 | pickle((handler name, Result | None, exception | None))
+    OUTCOME job u64, pos u32, name length u16, failed u8 | handler name | pickle((Result | None, exception | None))
             always for a failure; for successes only when the parent has hooks
     EMIT    flags u32 | an encoded event (``_codec``), from ``ctx.emit``
     DONE    job u64, processed i64, errors i64: the job is finished, its slots may be reused
@@ -37,7 +37,7 @@ OUTCOME, EMIT, DONE = 11, 12, 13
 ROUTES_HEAD = struct.Struct("<QB")
 JOB_HEAD = struct.Struct("<QI")
 BATCH_HEAD = struct.Struct("<QIII")
-OUTCOME_HEAD = struct.Struct("<QI")
+OUTCOME_HEAD = struct.Struct("<QIHB")
 EMIT_HEAD = struct.Struct("<I")
 DONE_REC = struct.Struct("<Qqq")
 

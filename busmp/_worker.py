@@ -177,7 +177,6 @@ class Worker:
             event, ctx, attempts = decode_event(payload, flags)
         except Exception as exc:  # charged to this one event
             self.processed += 1
-            self.errors += 1
             self.report(pos, "busmp.codec.decode_event", None, exc)
             self.jobs.set_control(CUR_POS, pos + 1)
             return None
@@ -189,11 +188,8 @@ class Worker:
 
     def after(self, item: Item, handler: str, result: Result | None, error: BaseException | None) -> None:
         self.processed += 1
-        if error is not None:
-            self.errors += 1
-            self.report(item.token, handler, None, error)
-        elif self.want_outcomes:
-            self.report(item.token, handler, result, None)
+        if error is not None or self.want_outcomes:
+            self.report(item.token, handler, result, error)
 
     def event_done(self, item: Item) -> None:
         self.jobs.set_control(CUR_PROCESSED, self.processed)
@@ -201,14 +197,19 @@ class Worker:
         self.jobs.set_control(CUR_POS, item.token + 1)
 
     def report(self, pos: int, handler: str, result: Result | None, error: BaseException | None) -> None:
+        """Send one outcome to the parent; counts it as an error if it is (or becomes) one."""
         if error is not None:
             error = portable_exception(error)
         try:
-            body, _ = dumps((handler, result, error))
+            body, _ = dumps((result, error))
         except Exception as exc:  # an unpicklable Result.value
-            body, _ = dumps((handler, None, RemoteError(
-                "TypeError", f"handler {handler} returned a result that cannot be pickled: {exc}")))
-        self.results.put(OUTCOME, OUTCOME_HEAD.pack(self.job, pos) + body, self.wait_for_parent)
+            error = RemoteError("TypeError", f"handler {handler} returned a result that cannot be pickled: {exc}")
+            body, _ = dumps((None, error))
+        if error is not None:
+            self.errors += 1
+        name = handler.encode()[:0xFFFF]
+        head = OUTCOME_HEAD.pack(self.job, pos, len(name), error is not None)
+        self.results.put(OUTCOME, head + name + body, self.wait_for_parent)
 
     def emit(self, event: Event, ctx: Context) -> None:
         payload, flags = encode_event(event, ctx if ctx is not BACKGROUND else None)

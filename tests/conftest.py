@@ -12,8 +12,10 @@ SHM = "/dev/shm"
 
 
 def busmp_blocks() -> set[str]:
+    """busmp's blocks owned by this process (their names carry the owner's pid)."""
+    mine = f"busmp_{os.getpid()}_"
     try:
-        return {name for name in os.listdir(SHM) if name.startswith("busmp_")}
+        return {name for name in os.listdir(SHM) if name.startswith(mine)}
     except FileNotFoundError:  # not Linux
         return set()
 

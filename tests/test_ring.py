@@ -126,7 +126,9 @@ def test_store_counters_reach_the_shared_header_at_publish():
         assert (int(header["written"]), int(header["published"]), int(header["dropped"])) == (6, 4, 2)
 
 
-def test_pickled_event_is_protocol_5():
-    payload, _ = encode_event(Event("p", 1))
+def test_events_travel_as_protocol_5_pickles_of_their_fields():
+    event = Event("p", {"k": 1}, id="e", args={"a": 2})
+    payload, flags = encode_event(event)
     assert payload[:2] == b"\x80\x05"
-    assert pickle.loads(payload) == Event("p", 1)
+    assert pickle.loads(payload) == ("p", {"k": 1}, "e", {"a": 2})
+    assert decode_event(payload, flags) == (event, None, 0)
