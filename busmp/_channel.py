@@ -103,6 +103,10 @@ class Channel:
     def set_control(self, i: int, value: int) -> None:
         self._words[CONTROL_WORD + i] = value
 
+    def control_words(self) -> tuple[Any, int]:
+        """The raw word view and the index of control word 0, for stores on a hot path."""
+        return self._words, CONTROL_WORD
+
     # -- producer -----------------------------------------------------------------
     def free_space(self) -> int:
         return self.capacity - int(self._words[HEAD_WORD] - self._words[TAIL_WORD])

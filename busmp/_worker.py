@@ -74,6 +74,7 @@ class Worker:
         self.errors = 0
         self.pos = 0
         jobs.set_control(PID, os.getpid())
+        self.progress = jobs.control_words()
 
     def close(self) -> None:
         self.notify_parent()
@@ -136,7 +137,7 @@ class Worker:
 
     # -- jobs ---------------------------------------------------------------------
     def start_job(self, job: int, pairs: Any) -> None:
-        self.pairs, self.processed, self.errors, self.pos = pairs, 0, 0, 0
+        self.pairs, self.processed, self.errors, self.pos = pairs.tolist(), 0, 0, 0
         jobs = self.jobs
         jobs.set_control(CUR_POS, 0)
         jobs.set_control(CUR_PROCESSED, 0)
@@ -145,13 +146,14 @@ class Worker:
         self.job = job
 
     def finish_job(self, events: int) -> None:
-        self.results.put(DONE, DONE_REC.pack(self.job, self.processed, self.errors), self.wait_for_parent)
         self.handled += events
-        self.jobs.set_control(HANDLED, self.handled)
+        self.jobs.set_control(HANDLED, self.handled)  # before DONE: flush() may return on DONE
+        self.results.put(DONE, DONE_REC.pack(self.job, self.processed, self.errors), self.wait_for_parent)
 
     def run_events(self, job: int, pairs: Any) -> None:
         self.start_job(job, pairs)
-        items = (item for pos in range(len(pairs)) if (item := self.decode(pos)) is not None)
+        decode = self.decode
+        items = (item for pos in range(len(self.pairs)) if (item := decode(pos)) is not None)
         run_items(items, self.routes, self, self.emit, catch=BaseException, batches=False)
         self.finish_job(len(pairs))
 
@@ -171,7 +173,7 @@ class Worker:
         self.finish_job(len(pairs))
 
     def decode(self, pos: int) -> Item | None:
-        slot, seq = int(self.pairs[pos, 0]), int(self.pairs[pos, 1])
+        slot, seq = self.pairs[pos]
         try:
             payload, flags = self.ring.read(slot, seq)
             event, ctx, attempts = decode_event(payload, flags)
@@ -192,9 +194,11 @@ class Worker:
             self.report(item.token, handler, result, error)
 
     def event_done(self, item: Item) -> None:
-        self.jobs.set_control(CUR_PROCESSED, self.processed)
-        self.jobs.set_control(CUR_ERRORS, self.errors)
-        self.jobs.set_control(CUR_POS, item.token + 1)
+        # Progress words, so a crash after this point spares this event (hot path: raw stores).
+        words, base = self.progress
+        words[base + CUR_PROCESSED] = self.processed
+        words[base + CUR_ERRORS] = self.errors
+        words[base + CUR_POS] = item.token + 1
 
     def report(self, pos: int, handler: str, result: Result | None, error: BaseException | None) -> None:
         """Send one outcome to the parent; counts it as an error if it is (or becomes) one."""

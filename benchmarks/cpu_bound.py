@@ -1,0 +1,134 @@
+"""cpu_bound: 400 handler calls of ~1 ms pure-Python CPU each on 2 workers; speed-up vs serial."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from . import _common, _handlers
+
+NAME = "cpu_bound"
+TITLE = "400 calls of ~1 ms pure-Python CPU on 2 worker processes"
+KIND = "rate"
+UNIT = "calls/s"
+CALLS = 400
+WORK = CALLS
+WORKERS = 2
+BASELINE = "serial loop (parent)"
+RATIO_LABEL = "speed-up vs serial"
+NOTES: list[str] = [
+    f"{CALLS} calls; the loop count is calibrated once per run so that one call is ~1 ms here.",
+    "Pool/executor start-up and a warm-up round are excluded; busmp: store created and warmed up before timing.",
+]
+
+LOOPS = 0
+
+
+def calibrate() -> None:
+    global LOOPS
+    if LOOPS:
+        return
+    LOOPS, per_call = _handlers.calibrate_burn(0.001)
+    NOTES.append(f"calibrated: burn({LOOPS:,}) takes {per_call * 1e3:.2f} ms in the parent.")
+    print(f"[cpu_bound] calibrated burn({LOOPS}) = {per_call * 1e3:.3f} ms", file=sys.stderr)
+
+
+def serial() -> float:
+    burn, loops = _handlers.burn, LOOPS
+    t0 = time.perf_counter()
+    for _ in range(CALLS):
+        burn(loops)
+    return time.perf_counter() - t0
+
+
+def _busmp() -> float:
+    busmp = _common.load_busmp()
+    d = busmp.Dispatcher()
+    d.register("cpu", _handlers.burn_handler)
+    events = [busmp.Event("cpu", LOOPS) for _ in range(CALLS)]
+    store = None
+    try:
+        store = _common.busmp_store(busmp, d, workers=WORKERS)
+        store.subscribe(busmp.Event("cpu", 1))
+        store.publish()
+        store.flush(timeout=_common.WAIT_TIMEOUT)
+        before = _common.busmp_processed(store)
+        t0 = time.perf_counter()
+        accepted = store.subscribe_many(events)
+        store.publish()
+        store.flush(timeout=_common.WAIT_TIMEOUT)
+        dt = time.perf_counter() - t0
+        if accepted != CALLS:
+            raise _common.Mismatch(f"busmp subscribe_many accepted {accepted} of {CALLS}")
+        _common.check_busmp_processed(store, before, CALLS)
+        return dt
+    finally:
+        _common.close_busmp_store(store)
+
+
+def _pool(chunksize: int) -> Any:
+    def run() -> float:
+        args = [LOOPS] * CALLS
+        with _common.mp_pool(WORKERS) as pool:
+            list(pool.imap_unordered(_handlers.burn, [1] * (4 * WORKERS)))
+            t0 = time.perf_counter()
+            n = sum(1 for _ in pool.imap_unordered(_handlers.burn, args, chunksize=chunksize))
+            dt = time.perf_counter() - t0
+        if n != CALLS:
+            raise _common.Mismatch(f"{n} of {CALLS} results")
+        return dt
+
+    return run
+
+
+def ppe_map(factory: Any = None) -> float:
+    args = [LOOPS] * CALLS
+    with _common.process_pool_executor(WORKERS, factory) as ex:
+        list(ex.map(_handlers.burn, [1] * (4 * WORKERS)))
+        t0 = time.perf_counter()
+        n = sum(1 for _ in ex.map(_handlers.burn, args))
+        dt = time.perf_counter() - t0
+    if n != CALLS:
+        raise _common.Mismatch(f"{n} of {CALLS} results")
+    return dt
+
+
+def loky_map() -> float:
+    loky = _common.optional_import("loky")
+    return ppe_map(loky.ProcessPoolExecutor)
+
+
+def mpire_imap() -> float:
+    mpire = _common.optional_import("mpire")
+    pool = mpire.WorkerPool(n_jobs=WORKERS, keep_alive=True)
+    ok = False
+    try:
+        # warm-up with the same call as the timed one (mpire's keep_alive workers keep the map mode)
+        list(pool.imap_unordered(_handlers.burn, [1] * (4 * WORKERS), chunk_size=1))
+        t0 = time.perf_counter()
+        n = sum(1 for _ in pool.imap_unordered(_handlers.burn, [LOOPS] * CALLS, chunk_size=1))
+        dt = time.perf_counter() - t0
+        ok = True
+    finally:
+        if ok:
+            pool.stop_and_join()
+        else:
+            pool.terminate()
+    if n != CALLS:
+        raise _common.Mismatch(f"{n} of {CALLS} results")
+    return dt
+
+
+def contenders() -> list[tuple[Any, ...]]:
+    calibrate()
+    return [
+        (f"busmp (workers={WORKERS})", _busmp),
+        (BASELINE, serial),
+        ("Pool.imap_unordered(chunksize=1)", _pool(1)),
+        ("Pool.imap_unordered(chunksize=4)", _pool(4)),
+        ("Pool.imap_unordered(chunksize=8)", _pool(8)),
+        ("ProcessPoolExecutor.map", ppe_map, "chunksize=1 (default)"),
+        ("mpire WorkerPool.imap_unordered(chunk_size=1)", mpire_imap),
+        ("loky ProcessPoolExecutor.map", loky_map, "chunksize=1 (default)"),
+    ]
