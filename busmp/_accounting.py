@@ -19,7 +19,7 @@ from ._pipeline import Item
 if TYPE_CHECKING:
     from ._dlq import DeadLetterQueue
 
-__all__ = ["Accounting", "BeforeHook", "AfterHook", "ErrorHook"]
+__all__ = ["Accounting", "BeforeHook", "AfterHook", "ErrorHook", "inside_hook"]
 
 log = logging.getLogger("busmp")
 
@@ -81,7 +81,18 @@ class Accounting:
 
     @staticmethod
     def _call_hook(hook: Callable[..., None], *args: object) -> None:
+        _hooks.depth = getattr(_hooks, "depth", 0) + 1
         try:
             hook(*args)
         except Exception:
             log.exception("busmp hook %r raised; the bus goes on", hook)
+        finally:
+            _hooks.depth -= 1
+
+
+_hooks = threading.local()
+
+
+def inside_hook() -> bool:
+    """Whether this thread is running a lifecycle hook right now."""
+    return getattr(_hooks, "depth", 0) > 0

@@ -108,9 +108,6 @@ class Channel:
         return self._words, CONTROL_WORD
 
     # -- producer -----------------------------------------------------------------
-    def free_space(self) -> int:
-        return self.capacity - int(self._words[HEAD_WORD] - self._words[TAIL_WORD])
-
     def put(self, kind: int, payload: bytes | memoryview, wait: Callable[[], None] | None = None) -> None:
         """Append one record; ``wait()`` is called while the ring is full (it may raise)."""
         limit = self.capacity // 2 - RECORD.size

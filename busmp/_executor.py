@@ -42,7 +42,11 @@ class Executor(Protocol):
     def wait(self, ticket: Ticket, timeout: float | None) -> None:
         """Block until every event submitted with ``ticket`` is handled."""
 
-    def shutdown(self, timeout: float | None) -> None: ...
+    def shutdown(self, timeout: float | None) -> None:
+        """Finish or dead-letter what is in flight, then stop and release everything."""
+
+    def abandon(self) -> None:
+        """Stop and release everything at once, reporting nothing (the store is gone)."""
 
     def per_worker(self) -> tuple[int, ...]: ...
 
@@ -80,6 +84,9 @@ class InlineExecutor:
         return None  # inline work is done when submit() returns
 
     def shutdown(self, timeout: float | None) -> None:
+        return None
+
+    def abandon(self) -> None:
         return None
 
     def per_worker(self) -> tuple[int, ...]:

@@ -113,6 +113,7 @@ class ProcessExecutor:
         self._broken: str | None = None
         self._early_deaths = 0
         self._final_counts: tuple[int, ...] | None = None  # per_worker() once the channels are gone
+        self._released = False
         self._notify_r, self._notify_w = self._ctx.Pipe(duplex=False)
         os.set_blocking(self._notify_r.fileno(), False)
         self._stop_r, self._stop_w = os.pipe()
@@ -215,7 +216,7 @@ class ProcessExecutor:
             return
         if self._routes_cache is None or self._routes_cache[0] != key:
             want = self._host.accounting.wants_results
-            self._routes_cache = (key, ROUTES_HEAD.pack(0, want) + cloudpickle.dumps(routes, 5))
+            self._routes_cache = (key, ROUTES_HEAD.pack(want) + cloudpickle.dumps(routes, 5))
         handle.jobs.put(ROUTES, self._routes_cache[1], self._waiter(handle))
         handle.routes_key = key
 
@@ -248,7 +249,7 @@ class ProcessExecutor:
 
     # -- collecting ---------------------------------------------------------------
     def _collect(self) -> None:
-        while True:
+        while not self._released:
             sentinels = [h.process.sentinel for h in self._handles if h.process is not None]
             ready = wait_for_ready([self._notify_r, self._stop_r, *sentinels], timeout=1.0)
             try:
@@ -414,6 +415,22 @@ class ProcessExecutor:
         self._final_counts = self.per_worker()
         self._release_resources()
 
+    def abandon(self) -> None:
+        """The store was garbage-collected undrained: stop everything, report nothing."""
+        with self._lock:
+            if self._released:
+                return
+            self._closing = True
+        os.write(self._stop_w, b"\x01")
+        if self._collector is not threading.current_thread():
+            self._collector.join()
+        for handle in self._handles:
+            if handle.process is not None:
+                _stop_process(handle.process, time.monotonic())
+                handle.process.close()
+                handle.process = None
+        self._release_resources()
+
     def _backlog_to_dead_letters(self) -> None:
         while self._backlog:
             payload, flags, _ = self._backlog.popleft()
@@ -423,6 +440,7 @@ class ProcessExecutor:
             self._host.finished(1)
 
     def _release_resources(self) -> None:
+        self._released = True
         for handle in self._handles:
             handle.jobs.close()
             handle.results.close()

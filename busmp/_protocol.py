@@ -2,7 +2,7 @@
 
 Job channel, parent -> worker:
 
-    ROUTES  version u64, want_outcomes u8 | cloudpickle(Routes)
+    ROUTES  want_outcomes u8 | cloudpickle(Routes)
     EVENTS  job u64, count u32            | count x (slot i64, seq i64): run per-event handlers
     BATCH   job u64, count u32, key u32, route u32 | pairs: one batch call, projection #key
     STOP    (empty): finish what is queued, then exit
@@ -34,7 +34,7 @@ __all__ = [
 ROUTES, EVENTS, BATCH, STOP = 1, 2, 3, 4
 OUTCOME, EMIT, DONE = 11, 12, 13
 
-ROUTES_HEAD = struct.Struct("<QB")
+ROUTES_HEAD = struct.Struct("<B")
 JOB_HEAD = struct.Struct("<QI")
 BATCH_HEAD = struct.Struct("<QIII")
 OUTCOME_HEAD = struct.Struct("<QIHB")

@@ -51,12 +51,9 @@ class Timer:
     def cancel(self) -> bool:
         return self._scheduler.cancel(self)
 
-    @property
-    def when_datetime(self) -> datetime:
-        return datetime.fromtimestamp(self.when, timezone.utc)
-
     def __repr__(self) -> str:
-        return f"Timer(when={self.when_datetime.isoformat()}, event={self.event!r}, {self._state})"
+        when = datetime.fromtimestamp(self.when, timezone.utc).isoformat()
+        return f"Timer(when={when}, event={self.event!r}, {self._state})"
 
 
 class Scheduler:

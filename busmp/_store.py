@@ -16,7 +16,8 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
-from ._accounting import Accounting, AfterHook, BeforeHook, ErrorHook
+from . import _shm
+from ._accounting import Accounting, AfterHook, BeforeHook, ErrorHook, inside_hook
 from ._codec import decode_event, encode_event
 from ._dispatch import (
     BatchHandler, BatchRoute, Dispatcher, Middleware, Routes, check_projection, handler_name, survives_pickling,
@@ -58,8 +59,8 @@ class EventStore:
         self.dlq = dlq
         self._dispatcher = dispatcher
         self._policy = policy
-        self._ring = SlotRing.create(buffer_size, slot_size)
-        self._finalizer = weakref.finalize(self, self._ring.close)
+        prefix = _shm.new_prefix()
+        self._ring = SlotRing.create(buffer_size, slot_size, name=f"{prefix}_ring")
         self._lock = threading.RLock()
         self._room = threading.Condition(self._lock)   # slots were freed
         self._idle = threading.Condition(self._lock)   # in-flight work reached zero
@@ -72,19 +73,21 @@ class EventStore:
         self._middleware: tuple[Middleware, ...] = ()
         self._config_version = 0
         self._routes: tuple[tuple[int, int], Routes] | None = None
-        self._scheduler = Scheduler(self._fire_timer, name=f"busmp-scheduler-{self._ring.name}")
-        self._executor: Executor = self._make_executor(workers, start_method)
+        self._scheduler = Scheduler(self._fire_timer, name=f"busmp-scheduler-{prefix}")
+        try:
+            self._executor: Executor = self._make_executor(workers, start_method, prefix)
+        except BaseException:
+            self._ring.close()
+            raise
+        # A store dropped without drain() still stops its workers and unlinks its memory.
+        self._finalizer = weakref.finalize(self, _abandon, self._executor, self._ring)
 
-    def _make_executor(self, workers: int, start_method: str | None) -> Executor:
+    def _make_executor(self, workers: int, start_method: str | None, prefix: str) -> Executor:
         if workers == 0:
             return InlineExecutor(self)
         from ._pool import ProcessExecutor
 
-        try:
-            return ProcessExecutor(self, self._ring, workers, start_method, self._ring.name[:-len("_ring")])
-        except BaseException:
-            self._finalizer()
-            raise
+        return ProcessExecutor(weakref.proxy(self), self._ring, workers, start_method, prefix)
 
     # -- configuration ------------------------------------------------------------
     def register_batch(self, projection: Hashable, size: int, handler: BatchHandler) -> None:
@@ -340,9 +343,9 @@ class EventStore:
     # -- waiting and closing ------------------------------------------------------
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every published event, and every follow-up, has been handled."""
-        if current_emitter.get() is not None:
-            raise RuntimeError("flush() inside a handler would wait for that very handler; "
-                               "call it from outside the handlers")
+        if current_emitter.get() is not None or inside_hook():
+            raise RuntimeError("flush() inside a handler or hook would wait for that very "
+                               "handler or hook; call it from outside them")
         deadline = _deadline(timeout, None)
         with self._lock:
             while self._in_flight > 0:
@@ -458,6 +461,12 @@ def _validate(dispatcher: object, buffer_size: object, policy: object, workers: 
         raise ValueError(f"workers must be an int >= 0 (0 runs handlers inline), got {workers!r}")
     if dlq is not None and not isinstance(dlq, DeadLetterQueue):
         raise TypeError(f"dlq must be a DeadLetterQueue or None, got {type(dlq).__name__}")
+
+
+def _abandon(executor: Executor, ring: SlotRing) -> None:
+    """Release what a store holds, without touching the store (it may be gone already)."""
+    executor.abandon()
+    ring.close()
 
 
 def _deadline(timeout: float | None, ctx: Context | None) -> float | None:

@@ -32,14 +32,11 @@ from ._protocol import (
 )
 from ._ring import SPIN_ALLOWED, CorruptSlot, SlotRing
 
-__all__ = ["worker_main", "WorkerArgs"]
+__all__ = ["worker_main", "Worker"]
 
 SPIN_SECONDS = 50e-6
 PARENT_CHECK_SECONDS = 0.5
 NOTIFY_EVERY_SECONDS = 0.001
-
-WorkerArgs = tuple[str, str, str, Any, Any, int]  # ring, jobs, results, doorbell, notify, owner pid
-
 
 def worker_main(ring_name: str, jobs_name: str, results_name: str, doorbell: Any, notify: Any,
                 owner_pid: int) -> None:
@@ -95,7 +92,7 @@ class Worker:
             if kind == STOP:
                 return
             if kind == ROUTES:
-                version, want = ROUTES_HEAD.unpack_from(payload)
+                (want,) = ROUTES_HEAD.unpack_from(payload)
                 self.routes, self.want_outcomes = pickle.loads(payload[ROUTES_HEAD.size:]), bool(want)
             elif kind == EVENTS:
                 job, _count = JOB_HEAD.unpack_from(payload)

@@ -1,0 +1,75 @@
+"""Duties beyond the contract: release everything, even for a store nobody drained; never wait on oneself."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+
+import psutil
+import pytest
+
+from busmp import Dispatcher, Event, EventStore, Result
+
+
+def pid_handler(ctx, ev):
+    return Result(value=os.getpid())
+
+
+def my_blocks() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith(f"busmp_{os.getpid()}_")}
+
+
+@pytest.mark.timeout(60)
+def test_store_dropped_without_drain_stops_workers_and_unlinks_memory():
+    before = my_blocks()
+    d = Dispatcher()
+    d.register("p", pid_handler)
+    store = EventStore(d, 64, workers=1, start_method="fork")
+    pids: list[int] = []
+    store.on_after(lambda ctx, ev, res, err: pids.append(res.value))
+    store.subscribe(Event("p"))
+    store.publish()
+    store.flush(timeout=10)
+    assert pids and pids[0] != os.getpid()
+    assert my_blocks() - before  # ring and channels exist
+    del store
+    gc.collect()
+    assert my_blocks() - before == set()
+    deadline = time.monotonic() + 5
+    while psutil.pid_exists(pids[0]) and psutil.Process(pids[0]).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the worker outlived its store"
+        time.sleep(0.02)
+    assert not [t for t in threading.enumerate() if t.name.startswith("busmp-collector")]
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_store_that_is_drained_is_not_torn_down_twice_when_collected():
+    d = Dispatcher()
+    d.register("p", pid_handler)
+    store = EventStore(d, 64, workers=1, start_method="fork")
+    store.drain(timeout=10)
+    del store
+    gc.collect()  # the finalizer must find nothing left to do, and raise nothing
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers", [0, 1])
+def test_flush_inside_a_hook_is_refused_instead_of_deadlocking(workers):
+    d = Dispatcher()
+    d.register("p", pid_handler)
+    refused: list[BaseException] = []
+
+    def impatient(ctx, ev, res, err):
+        try:
+            store.flush(timeout=1)
+        except RuntimeError as exc:
+            refused.append(exc)
+
+    with EventStore(d, 64, workers=workers, start_method="fork") as store:
+        store.on_after(impatient)
+        store.subscribe(Event("p"))
+        store.publish()
+        store.flush(timeout=10)
+    assert len(refused) == 1 and "hook" in str(refused[0])
