@@ -83,11 +83,14 @@ class EventStore:
         self._finalizer = weakref.finalize(self, _abandon, self._executor, self._ring)
 
     def _make_executor(self, workers: int, start_method: str | None, prefix: str) -> Executor:
+        # Executors see the store through a proxy: the finalizer below holds the executor, and
+        # a strong reference back would keep the store alive for ever.
+        host = weakref.proxy(self)
         if workers == 0:
-            return InlineExecutor(self)
+            return InlineExecutor(host)
         from ._pool import ProcessExecutor
 
-        return ProcessExecutor(weakref.proxy(self), self._ring, workers, start_method, prefix)
+        return ProcessExecutor(host, self._ring, workers, start_method, prefix)
 
     # -- configuration ------------------------------------------------------------
     def register_batch(self, projection: Hashable, size: int, handler: BatchHandler) -> None:
