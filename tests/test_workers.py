@@ -432,3 +432,35 @@ def test_drain_releases_shared_memory_and_worker_processes(start_method):
     assert store.metrics() == (8, 8, 0)
     stats = store.stats()
     assert (stats.published, stats.processed, stats.in_flight, stats.pending) == (8, 8, 0, 0)
+
+
+def slow_id_handler(ctx, ev):
+    time.sleep(0.05)
+    return Result(value=ev.id)
+
+
+def test_drop_oldest_never_discards_what_a_worker_holds(start_method):
+    """A ring full of handed-off events makes DROP_OLDEST wait for the worker; only
+    *pending* events are ever dropped."""
+    d = Dispatcher()
+    d.register("p", slow_id_handler)
+    store = EventStore(d, 4, workers=1, dlq=DeadLetterQueue(), start_method=start_method)
+    held = [f"held{i}" for i in range(4)]
+    later = [f"next{i}" for i in range(6)]
+    with running(store):
+        seen = record_after(store)
+        for ev_id in held:
+            store.subscribe(Event("p", id=ev_id))
+        assert store.publish() == 4  # every slot now belongs to the worker
+        store.subscribe(Event("p", id=later[0]), timeout=FLUSH)  # nothing pending: waits, drops nothing
+        assert store.stats().dropped == 0
+        for ev_id in later[1:]:  # now there are pending events, and those may be dropped
+            store.subscribe(Event("p", id=ev_id), timeout=FLUSH)
+        store.publish()
+        store.flush(timeout=FLUSH)
+        handled = [ev_id for ev_id, _, err, _, _ in seen if err is None]
+        stats = store.stats()
+    assert set(held) <= set(handled)
+    assert later[-1] in handled  # the newest is never the one dropped
+    assert stats.dropped == len(held) + len(later) - len(handled) > 0
+    assert store.metrics() == (len(held) + len(later), len(handled), 0)
