@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
 import cloudpickle
@@ -30,20 +31,47 @@ FLAG_OVERFLOW = 1 << 2     # payload lives in its own shared-memory block; the s
 PROTOCOL = 5
 
 
-def dumps(obj: object) -> tuple[bytes, int]:
-    """Pickle ``obj``; returns the bytes and ``FLAG_CLOUDPICKLE`` if cloudpickle was needed."""
+#: Buffers at least this big (numpy arrays, ``PickleBuffer``) travel out of band: copied once,
+#: straight into shared memory, instead of into the pickle and then into shared memory.
+OUT_OF_BAND_MIN = 64 * 1024
+
+
+def dumps(obj: object, buffers: list[memoryview] | None = None) -> tuple[bytes, int]:
+    """Pickle ``obj``; returns the bytes and ``FLAG_CLOUDPICKLE`` if cloudpickle was needed.
+
+    With ``buffers``, large protocol-5 buffers are appended there instead of being copied in.
+    """
+    callback = None if buffers is None else _out_of_band(buffers)
     try:
-        return pickle.dumps(obj, PROTOCOL), 0
+        return pickle.dumps(obj, PROTOCOL, buffer_callback=callback), 0
     except (pickle.PicklingError, TypeError, AttributeError):
-        return cloudpickle.dumps(obj, PROTOCOL), FLAG_CLOUDPICKLE
+        if buffers:
+            buffers.clear()
+        return cloudpickle.dumps(obj, PROTOCOL, buffer_callback=callback), FLAG_CLOUDPICKLE
 
 
-def encode_event(event: Event, ctx: Context | None = None, attempts: int = 0) -> tuple[bytes, int]:
+def _out_of_band(buffers: list[memoryview]) -> Any:
+    def keep_in_band(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: let the pickle copy it
+            return True
+        if raw.nbytes < OUT_OF_BAND_MIN:
+            return True
+        buffers.append(raw)
+        return False
+
+    return keep_in_band
+
+
+def encode_event(event: Event, ctx: Context | None = None, attempts: int = 0,
+                 out_of_band: bool = True) -> tuple[bytes, int, list[memoryview]]:
     """Encode an event (with its context and prior attempts, when it has them).
 
-    The event travels as a plain tuple of its fields: pickling a tuple is several times
-    faster than pickling an instance of a class. Raises ``TypeError`` naming the event when
-    neither pickler can encode it.
+    Returns the pickle, its flags, and the large buffers it refers to out of band (empty
+    unless ``out_of_band``). The event travels as a plain tuple of its fields: pickling a
+    tuple is several times faster than pickling an instance of a class. Raises
+    ``TypeError`` naming the event when neither pickler can encode it.
     """
     fields = (event.projection, event.data, event.id, event.args)
     if ctx is None and attempts == 0:
@@ -51,19 +79,20 @@ def encode_event(event: Event, ctx: Context | None = None, attempts: int = 0) ->
         flags = 0
     else:
         obj, flags = (fields, ctx, attempts), FLAG_ENVELOPE
+    buffers: list[memoryview] = []
     try:
-        payload, how = dumps(obj)
+        payload, how = dumps(obj, buffers if out_of_band else None)
     except Exception as exc:
         raise TypeError(
             f"event {event!r} cannot be pickled ({type(exc).__name__}: {exc}); "
             "its data must be picklable to travel through the ring"
         ) from exc
-    return payload, flags | how
+    return payload, flags | how, buffers
 
 
-def decode_event(payload: Any, flags: int) -> tuple[Event, Context | None, int]:
+def decode_event(payload: Any, flags: int, buffers: Sequence[Any] = ()) -> tuple[Event, Context | None, int]:
     """The inverse of :func:`encode_event`: ``(event, ctx, attempts)``."""
-    obj = pickle.loads(payload)
+    obj = pickle.loads(payload, buffers=buffers)
     if flags & FLAG_ENVELOPE:
         fields, ctx, attempts = obj
         return Event(*fields), ctx, attempts

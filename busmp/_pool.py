@@ -64,7 +64,7 @@ class PoolHost(Protocol):
     def item_at(self, slot: int, seq: int, ticket: Ticket | None) -> Item: ...
     def release(self, slots: np.ndarray) -> None: ...
     def finished(self, count: int) -> None: ...
-    def place_followups(self, encoded: list[tuple[bytes, int, int]]) -> list[int]: ...
+    def place_followups(self, encoded: list[tuple[bytes, int, int, list[memoryview]]]) -> list[int]: ...
     def count_followup(self) -> None: ...
 
 
@@ -108,7 +108,7 @@ class ProcessExecutor:
         self._jobs: dict[int, Job] = {}
         self._next_job = 1
         self._routes_cache: tuple[object, bytes] | None = None
-        self._backlog: deque[tuple[bytes, int, int]] = deque()
+        self._backlog: deque[tuple[bytes, int, int, list[memoryview]]] = deque()
         self._closing = False
         self._broken: str | None = None
         self._early_deaths = 0
@@ -329,7 +329,7 @@ class ProcessExecutor:
             self._host.accounting.dead_letter(Event("busmp.undecodable", payload), exc, 1, "busmp.codec.decode_event")
             return
         self._host.count_followup()
-        self._backlog.append((payload, flags, hash(event.projection)))
+        self._backlog.append((payload, flags, hash(event.projection), []))
 
     def _place_backlog(self) -> None:
         """Move follow-ups into free slots and submit them; the rest wait for released slots."""
@@ -433,7 +433,7 @@ class ProcessExecutor:
 
     def _backlog_to_dead_letters(self) -> None:
         while self._backlog:
-            payload, flags, _ = self._backlog.popleft()
+            payload, flags, _, _ = self._backlog.popleft()
             event = decode_event(payload, flags)[0]
             self._host.accounting.dead_letter(event, StoreClosed("store drained before the follow-up ran"), 1,
                                               CRASH_HANDLER)

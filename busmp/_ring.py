@@ -13,7 +13,7 @@ Layout of the block (all little-endian)::
                     8   route   i64   hash of the projection, for batch grouping without decoding
                     16  length  u32   payload bytes
                     20  flags   u32   codec flags (cloudpickle, envelope, overflow)
-                    32  payload       the pickle, or the name of an overflow block
+                    32  payload       the pickle, or the name of its spill block (``_spill``)
 
 Slots are handed out from a free list rather than strictly in ring order, so that back-pressure
 can discard the oldest *pending* event while slots that workers still read stay untouched, and
@@ -51,6 +51,7 @@ from __future__ import annotations
 import platform
 import struct
 from collections import deque
+from collections.abc import Sequence
 from multiprocessing import shared_memory
 from typing import Any
 
@@ -58,6 +59,7 @@ import numpy as np
 
 from . import _shm
 from ._codec import FLAG_OVERFLOW
+from ._spill import SpillMaps, SpillPool, block_size, read_block, write_block
 
 __all__ = [
     "HEADER_DTYPE", "SLOT_HEADER", "SLOT_HEADER_SIZE", "DEFAULT_SLOT_SIZE", "SPIN_ALLOWED",
@@ -79,9 +81,8 @@ HEADER_SIZE = HEADER_DTYPE.itemsize
 
 SLOT_HEADER = struct.Struct("<QqII")  # seq, route, length, flags
 SLOT_HEADER_SIZE = 32                 # the struct, padded so payloads start 32-byte aligned
-MIN_SLOT_SIZE = SLOT_HEADER_SIZE + 32
+MIN_SLOT_SIZE = SLOT_HEADER_SIZE + 64  # room for a spill block's name
 DEFAULT_SLOT_SIZE = 512
-OVERFLOW_NAME = struct.Struct("<Q")   # an overflow slot's payload: the overflow block's size
 
 SPIN_ALLOWED = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
@@ -107,7 +108,9 @@ class SlotRing:
         self.slot_size = int(self.header["slot_size"])
         self.capacity = self.slot_size - SLOT_HEADER_SIZE
         self._buf: Any = shm.buf
-        self._overflow: dict[int, shared_memory.SharedMemory] = {}
+        self._overflow: dict[int, shared_memory.SharedMemory] = {}  # slot -> its spill block
+        self._pool = SpillPool(shm.name)   # the parent's spare spill blocks
+        self._maps = SpillMaps()           # a reader's mapped spill blocks
         # Parent-only bookkeeping.
         self.free: deque[int] = deque(range(self.slot_count)) if owner else deque()
         self.pending: deque[int] = deque()
@@ -132,8 +135,11 @@ class SlotRing:
 
     def close(self) -> None:
         """Release this process's mapping; the owner also unlinks every block."""
-        for slot in list(self._overflow):
-            self._drop_overflow(slot)
+        for block in self._overflow.values():
+            _shm.release(block, unlink=True)
+        self._overflow.clear()
+        self._pool.close()
+        self._maps.close()
         self.header = None
         self._buf = None
         _shm.release(self._shm, unlink=self.owner)
@@ -142,16 +148,21 @@ class SlotRing:
     def slot_offset(self, slot: int) -> int:
         return HEADER_SIZE + slot * self.slot_size
 
-    def write(self, slot: int, seq: int, route: int, payload: bytes, flags: int) -> None:
-        """Parent only: put an encoded event into ``slot``."""
+    def write(self, slot: int, seq: int, route: int, payload: bytes, flags: int,
+              buffers: Sequence[memoryview] = ()) -> None:
+        """Parent only: put an encoded event (and its out-of-band buffers) into ``slot``."""
         off = self.slot_offset(slot)
-        if len(payload) > self.capacity:
-            payload, flags = self._spill(slot, seq, payload), flags | FLAG_OVERFLOW
+        if buffers or len(payload) > self.capacity:
+            payload, flags = self._spill(slot, payload, buffers), flags | FLAG_OVERFLOW
         self._buf[off + SLOT_HEADER_SIZE: off + SLOT_HEADER_SIZE + len(payload)] = payload
         SLOT_HEADER.pack_into(self._buf, off, seq, route, len(payload), flags)
 
-    def read(self, slot: int, seq: int | None = None) -> tuple[Any, int]:
-        """The payload (a buffer) and flags of ``slot``; checks ``seq`` when given."""
+    def read(self, slot: int, seq: int | None = None) -> tuple[Any, int, list[bytearray]]:
+        """The payload, flags and out-of-band buffers of ``slot``; checks ``seq`` when given.
+
+        A spilled event's buffers are copied out of shared memory, so what a handler keeps
+        stays valid after the block is reused.
+        """
         off = self.slot_offset(slot)
         got_seq, _route, length, flags = SLOT_HEADER.unpack_from(self._buf, off)
         if seq is not None and got_seq != seq:
@@ -161,9 +172,8 @@ class SlotRing:
         start = off + SLOT_HEADER_SIZE
         payload = self._buf[start: start + length]
         if flags & FLAG_OVERFLOW:
-            return self._read_overflow(bytes(payload)), flags & ~FLAG_OVERFLOW
-        return payload, flags
-
+            return self._read_spilled(slot, bytes(payload), flags & ~FLAG_OVERFLOW)
+        return payload, flags, []
     def seq_of(self, slot: int) -> int:
         return int(SLOT_HEADER.unpack_from(self._buf, self.slot_offset(slot))[0])
 
@@ -181,27 +191,26 @@ class SlotRing:
         gathered: np.ndarray = words[slots]
         return gathered
 
-    # -- overflow blocks: events larger than a slot -------------------------------
-    def _spill(self, slot: int, seq: int, payload: bytes) -> bytes:
-        self._drop_overflow(slot)
-        name = f"{self.name}_x{seq}"
-        block = _shm.create(name, len(payload))
-        block.buf[: len(payload)] = payload  # type: ignore[index]
+    # -- spill blocks: events larger than a slot, and out-of-band buffers -----------
+    def _spill(self, slot: int, payload: bytes, buffers: Sequence[memoryview]) -> bytes:
+        self._drop_spill(slot)
+        pieces = [payload, *buffers]
+        block = self._pool.take(block_size(pieces))
+        write_block(block.buf, pieces)
         self._overflow[slot] = block
-        return OVERFLOW_NAME.pack(len(payload)) + name.encode()
+        return block.name.encode()
 
-    def _read_overflow(self, ref: bytes) -> bytes:
-        (size,) = OVERFLOW_NAME.unpack_from(ref)
-        block = _shm.attach(ref[OVERFLOW_NAME.size:].decode())
-        try:
-            return bytes(block.buf[:size])  # type: ignore[index]
-        finally:
-            block.close()
+    def _read_spilled(self, slot: int, ref: bytes, flags: int) -> tuple[bytes, int, list[bytearray]]:
+        name = ref.decode()
+        owned = self._overflow.get(slot)
+        view = owned.buf if owned is not None and owned.name == name else self._maps.view(name)
+        payload, buffers = read_block(view)
+        return payload, flags, buffers
 
-    def _drop_overflow(self, slot: int) -> None:
+    def _drop_spill(self, slot: int) -> None:
         block = self._overflow.pop(slot, None)
         if block is not None:
-            _shm.release(block, unlink=True)
+            self._pool.give(block)
 
     # -- parent-only bookkeeping (under the store's lock) ------------------------
     def allocate(self) -> int | None:
@@ -211,7 +220,7 @@ class SlotRing:
         """Give slots back once nobody will read them again."""
         for slot in slots:
             if slot in self._overflow:
-                self._drop_overflow(slot)
+                self._drop_spill(slot)
         self.free.extend(slots)
         self.counts["released"] += len(slots)
 
@@ -220,7 +229,7 @@ class SlotRing:
         if not self.pending:
             return None
         slot = self.pending.popleft()
-        self._drop_overflow(slot)
+        self._drop_spill(slot)
         self.counts["dropped"] += 1
         return slot
 

@@ -38,7 +38,7 @@ __all__ = ["EventStore", "UNDECODABLE"]
 #: Projection of the placeholder event a dead letter carries when a slot could not be decoded.
 UNDECODABLE = "busmp.undecodable"
 NOT_DISPATCHED = "busmp.EventStore.drain"
-Encoded = tuple[bytes, int, int]  # payload, codec flags, route word
+Encoded = tuple[bytes, int, int, list[memoryview]]  # payload, codec flags, route word, buffers
 
 
 class EventStore:
@@ -201,14 +201,14 @@ class EventStore:
             check_projection(projection, f"event {event!r} has projection")
         if ctx is not None and not isinstance(ctx, Context):
             raise TypeError(f"ctx must be a busmp.Context or None, got {type(ctx).__name__}")
-        payload, flags = encode_event(event, ctx, attempts)
-        return payload, flags, hash(event.projection)
+        payload, flags, buffers = encode_event(event, ctx, attempts)
+        return payload, flags, hash(event.projection), buffers
 
     def _write(self, slot: int, encoded: Encoded) -> None:
-        payload, flags, route = encoded
+        payload, flags, route, buffers = encoded
         counts = self._ring.counts
         counts["written"] += 1
-        self._ring.write(slot, counts["written"], route, payload, flags)
+        self._ring.write(slot, counts["written"], route, payload, flags, buffers)
 
     def _reserve(self, count: int, ctx: Context | None, timeout: float | None) -> list[int]:
         """Take ``count`` free slots (all or none), applying the overrun policy. Under the lock."""
@@ -283,8 +283,8 @@ class EventStore:
     def _decode(self, slot: int, ticket: Ticket | None) -> Item:
         payload: Any = b""
         try:
-            payload, flags = self._ring.read(slot)
-            event, ctx, attempts = decode_event(payload, flags)
+            payload, flags, buffers = self._ring.read(slot)
+            event, ctx, attempts = decode_event(payload, flags, buffers)
         except Exception as exc:
             # Charged to this one event: a dead letter that carries what the slot held.
             return self._undecodable(bytes(payload), exc, ticket)
@@ -301,8 +301,8 @@ class EventStore:
         """Worker mode: the event a worker reported on, decoded again in the parent for hooks and DLQ."""
         payload: Any = b""
         try:
-            payload, flags = self._ring.read(slot, seq)
-            event, ctx, attempts = decode_event(payload, flags)
+            payload, flags, buffers = self._ring.read(slot, seq)
+            event, ctx, attempts = decode_event(payload, flags, buffers)
         except Exception as exc:
             return self._undecodable(bytes(payload), exc, None)
         return Item(event, ctx if ctx is not None else BACKGROUND, attempts, ticket)

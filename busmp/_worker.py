@@ -172,8 +172,8 @@ class Worker:
     def decode(self, pos: int) -> Item | None:
         slot, seq = self.pairs[pos]
         try:
-            payload, flags = self.ring.read(slot, seq)
-            event, ctx, attempts = decode_event(payload, flags)
+            payload, flags, buffers = self.ring.read(slot, seq)
+            event, ctx, attempts = decode_event(payload, flags, buffers)
         except Exception as exc:  # charged to this one event
             self.processed += 1
             self.report(pos, "busmp.codec.decode_event", None, exc)
@@ -213,7 +213,7 @@ class Worker:
         self.results.put(OUTCOME, head + name + body, self.wait_for_parent)
 
     def emit(self, event: Event, ctx: Context) -> None:
-        payload, flags = encode_event(event, ctx if ctx is not BACKGROUND else None)
+        payload, flags, _ = encode_event(event, ctx if ctx is not BACKGROUND else None, out_of_band=False)
         self.results.put(EMIT, EMIT_HEAD.pack(flags) + payload, self.wait_for_parent)
 
     def wait_for_parent(self) -> None:

@@ -43,10 +43,9 @@ def test_geometry_is_readable_by_another_mapping(ring):
 
 
 def test_slot_round_trip_with_sequence_check(ring):
-    payload, flags = encode_event(Event("p", {"x": 1}, id="e1"))
+    payload, flags, _ = encode_event(Event("p", {"x": 1}, id="e1"))
     ring.write(3, seq=42, route=7, payload=payload, flags=flags)
-    got, got_flags = ring.read(3, seq=42)
-    assert decode_event(got, got_flags)[0] == Event("p", {"x": 1}, id="e1")
+    assert decode_event(*ring.read(3, seq=42))[0] == Event("p", {"x": 1}, id="e1")
     assert ring.seq_of(3) == 42
     assert ring.routes(np.array([3]))[0] == 7
     with pytest.raises(CorruptSlot, match="expected #43"):
@@ -54,7 +53,7 @@ def test_slot_round_trip_with_sequence_check(ring):
 
 
 def test_damaged_length_is_reported_not_read_past_the_slot(ring):
-    payload, flags = encode_event(Event("p"))
+    payload, flags, _ = encode_event(Event("p"))
     ring.write(0, 1, 0, payload, flags)
     off = ring.slot_offset(0)
     ring._buf[off + 16: off + 20] = (10_000).to_bytes(4, "little")
@@ -62,22 +61,52 @@ def test_damaged_length_is_reported_not_read_past_the_slot(ring):
         ring.read(0)
 
 
-def test_event_larger_than_a_slot_spills_into_its_own_block_and_is_freed(ring):
+def spill_blocks(ring) -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith(f"{ring.name}_x")}
+
+
+def test_event_larger_than_a_slot_spills_into_a_block_that_is_reused_then_unlinked():
+    ring = SlotRing.create(8, 128)
     big = Event("p", b"x" * 10_000)
-    payload, flags = encode_event(big)
+    payload, flags, buffers = encode_event(big)
     assert len(payload) > ring.capacity
-    ring.write(2, 5, 0, payload, flags)
-    spill = f"{ring.name}_x5"
-    assert os.path.exists(f"/dev/shm/{spill}")
-    got, got_flags = ring.read(2, seq=5)
-    assert decode_event(got, got_flags)[0] == big
+    ring.write(2, 5, 0, payload, flags, buffers)
+    (block,) = spill_blocks(ring)
+    got = ring.read(2, seq=5)
+    assert decode_event(*got)[0] == big
     ring.release([2])
-    assert not os.path.exists(f"/dev/shm/{spill}")
+    ring.write(3, 6, 0, payload, flags, buffers)
+    assert spill_blocks(ring) == {block}  # the released block was reused, not re-created
+    ring.close()
+    assert spill_blocks(ring) == set()
+
+
+def test_numpy_buffers_travel_out_of_band_and_come_back_as_private_copies():
+    ring = SlotRing.create(8, 128)
+    array = np.arange(100_000, dtype=np.float64)
+    payload, flags, buffers = encode_event(Event("arr", array))
+    assert len(buffers) == 1 and len(payload) < 1000  # the 800 kB went out of band
+    ring.write(0, 1, 0, payload, flags, buffers)
+    reader = SlotRing.attach(ring.name)
+    try:
+        event = decode_event(*reader.read(0, seq=1))[0]
+        assert np.array_equal(event.data, array)
+        ring.release([0])
+        ring.write(0, 2, 0, *encode_event(Event("arr", np.zeros(100_000))))
+        assert np.array_equal(event.data, array)  # not a view of the reused block
+    finally:
+        reader.close()
+        ring.close()
+
+
+def test_small_buffers_stay_in_band():
+    payload, _, buffers = encode_event(Event("arr", np.arange(10)))
+    assert buffers == [] and np.array_equal(pickle.loads(payload)[1], np.arange(10))
 
 
 def test_slot_size_below_the_minimum_is_refused():
     with pytest.raises(ValueError, match="slot_size"):
-        SlotRing.create(4, SLOT_HEADER_SIZE)
+        SlotRing.create(4, SLOT_HEADER_SIZE + 32)
 
 
 def test_free_list_is_fifo_so_slots_rotate_like_a_ring(ring):
@@ -88,8 +117,8 @@ def test_free_list_is_fifo_so_slots_rotate_like_a_ring(ring):
 
 
 def test_cloudpickle_only_when_plain_pickle_cannot():
-    _, plain = encode_event(Event("p", {"a": 1}))
-    _, fancy = encode_event(Event("p", lambda: 1))
+    _, plain, _ = encode_event(Event("p", {"a": 1}))
+    _, fancy, _ = encode_event(Event("p", lambda: 1))
     assert plain & FLAG_CLOUDPICKLE == 0 and fancy & FLAG_CLOUDPICKLE
 
 
@@ -128,7 +157,7 @@ def test_store_counters_reach_the_shared_header_at_publish():
 
 def test_events_travel_as_protocol_5_pickles_of_their_fields():
     event = Event("p", {"k": 1}, id="e", args={"a": 2})
-    payload, flags = encode_event(event)
+    payload, flags, _ = encode_event(event)
     assert payload[:2] == b"\x80\x05"
     assert pickle.loads(payload) == ("p", {"k": 1}, "e", {"a": 2})
     assert decode_event(payload, flags) == (event, None, 0)
