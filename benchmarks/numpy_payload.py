@@ -39,8 +39,6 @@ def arrays() -> list[Any]:
 
 def _busmp() -> float:
     busmp = _common.load_busmp()
-    import numpy as np
-
     d = busmp.Dispatcher()
     d.register("arr", _handlers.touch_handler)
     events = [busmp.Event("arr", a) for a in arrays()]

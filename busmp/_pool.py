@@ -17,13 +17,13 @@ import logging
 import multiprocessing as mp
 import os
 import pickle
+import select
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from multiprocessing.connection import wait as wait_for_ready
 from typing import Any, Protocol
 
 import cloudpickle
@@ -184,7 +184,7 @@ class ProcessExecutor:
         """Cut slots into EVENTS jobs (per-event handlers) and BATCH jobs (batch handlers)."""
         seqs = self._ring.seqs(slots)
         hashes = self._ring.routes(slots)
-        handled = np.isin(hashes, _handler_hashes(routes))
+        handled = _matches_any(hashes, _handler_hashes(routes))
         jobs: list[Job] = []
         order = sorted(range(self.workers), key=lambda i: self._handles[i].queued)
         if ticket is not None:
@@ -249,9 +249,17 @@ class ProcessExecutor:
 
     # -- collecting ---------------------------------------------------------------
     def _collect(self) -> None:
+        watched: tuple[int, ...] = ()
+        poller = select.poll()
         while not self._released:
-            sentinels = [h.process.sentinel for h in self._handles if h.process is not None]
-            ready = wait_for_ready([self._notify_r, self._stop_r, *sentinels], timeout=1.0)
+            fds = (self._notify_r.fileno(), self._stop_r,
+                   *(h.process.sentinel for h in self._handles if h.process is not None))
+            if fds != watched:  # a worker was replaced: watch its sentinel instead
+                poller = select.poll()
+                for fd in fds:
+                    poller.register(fd, select.POLLIN)
+                watched = fds
+            ready = {fd for fd, _ in poller.poll(1000)}
             try:
                 self._drain_pipe()
                 self._drain_all()
@@ -450,6 +458,14 @@ class ProcessExecutor:
         self._notify_w.close()
         os.close(self._stop_r)
         os.close(self._stop_w)
+
+
+def _matches_any(values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """``np.isin`` without its fixed cost for the usual case of a few projections."""
+    if len(wanted) <= 16:
+        matched: np.ndarray = (values[:, None] == wanted[None, :]).any(axis=1)
+        return matched
+    return np.isin(values, wanted)
 
 
 def _handler_hashes(routes: Routes) -> np.ndarray:
