@@ -36,29 +36,48 @@ PROTOCOL = 5
 OUT_OF_BAND_MIN = 64 * 1024
 
 
-def dumps(obj: object, buffers: list[memoryview] | None = None) -> tuple[bytes, int]:
-    """Pickle ``obj``; returns the bytes and ``FLAG_CLOUDPICKLE`` if cloudpickle was needed.
+def dumps(obj: object, out_of_band: bool = False) -> tuple[bytes, int, list[memoryview]]:
+    """Pickle ``obj``: the bytes, ``FLAG_CLOUDPICKLE`` if cloudpickle was needed, and (with
+    ``out_of_band``) the large protocol-5 buffers left out of the bytes.
 
-    With ``buffers``, large protocol-5 buffers are appended there instead of being copied in.
+    The first attempt refuses large buffers instead of collecting them, so the common event
+    (no large buffer) pays for no collector; one with a large buffer is pickled again.
     """
-    callback = None if buffers is None else _out_of_band(buffers)
     try:
-        return pickle.dumps(obj, PROTOCOL, buffer_callback=callback), 0
-    except (pickle.PicklingError, TypeError, AttributeError):
-        if buffers:
-            buffers.clear()
-        return cloudpickle.dumps(obj, PROTOCOL, buffer_callback=callback), FLAG_CLOUDPICKLE
-
-
-def _out_of_band(buffers: list[memoryview]) -> Any:
-    def keep_in_band(buffer: pickle.PickleBuffer) -> bool:
         try:
-            raw = buffer.raw()
-        except BufferError:  # not contiguous: let the pickle copy it
+            return pickle.dumps(obj, PROTOCOL, buffer_callback=_in_band_only if out_of_band else None), 0, []
+        except _LargeBuffer:
+            buffers: list[memoryview] = []
+            return pickle.dumps(obj, PROTOCOL, buffer_callback=_collect_into(buffers)), 0, buffers
+    except (pickle.PicklingError, TypeError, AttributeError):
+        buffers = []
+        callback = _collect_into(buffers) if out_of_band else None
+        return cloudpickle.dumps(obj, PROTOCOL, buffer_callback=callback), FLAG_CLOUDPICKLE, buffers
+
+
+class _LargeBuffer(Exception):
+    """Raised by the first pickling attempt when a buffer should go out of band."""
+
+
+def _is_large(buffer: pickle.PickleBuffer) -> bool | None:
+    """True if ``buffer`` should go out of band; None if it cannot (not contiguous)."""
+    try:
+        return buffer.raw().nbytes >= OUT_OF_BAND_MIN
+    except BufferError:
+        return None
+
+
+def _in_band_only(buffer: pickle.PickleBuffer) -> bool:
+    if _is_large(buffer):
+        raise _LargeBuffer
+    return True
+
+
+def _collect_into(buffers: list[memoryview]) -> Any:
+    def keep_in_band(buffer: pickle.PickleBuffer) -> bool:
+        if not _is_large(buffer):
             return True
-        if raw.nbytes < OUT_OF_BAND_MIN:
-            return True
-        buffers.append(raw)
+        buffers.append(buffer.raw())
         return False
 
     return keep_in_band
@@ -79,9 +98,8 @@ def encode_event(event: Event, ctx: Context | None = None, attempts: int = 0,
         flags = 0
     else:
         obj, flags = (fields, ctx, attempts), FLAG_ENVELOPE
-    buffers: list[memoryview] = []
     try:
-        payload, how = dumps(obj, buffers if out_of_band else None)
+        payload, how, buffers = dumps(obj, out_of_band)
     except Exception as exc:
         raise TypeError(
             f"event {event!r} cannot be pickled ({type(exc).__name__}: {exc}); "
@@ -112,8 +130,7 @@ def portable_exception(exc: BaseException) -> BaseException:
     if not isinstance(exc, Exception):
         return HandlerPanic(name, str(exc), tb)
     try:
-        data, _ = dumps(exc)
-        pickle.loads(data)
+        pickle.loads(dumps(exc)[0])
     except Exception:
         return RemoteError(name, str(exc), tb)
     return exc

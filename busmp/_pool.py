@@ -52,7 +52,7 @@ log = logging.getLogger("busmp")
 #: has busmp and numpy preloaded, so workers start nearly as fast as with fork.
 DEFAULT_START_METHOD = "forkserver" if sys.platform.startswith("linux") else "spawn"
 MAX_JOB = 256             # events per job: small enough to balance, big enough to amortise
-JOBS_PER_WORKER = 4       # a publish is cut into at least this many jobs per worker
+JOBS_PER_WORKER = 16      # a publish is cut into at least this many jobs per worker (balance)
 EARLY_DEATHS_ALLOWED = 3  # workers that die before starting, in a row, before we give up
 CRASH_HANDLER = "busmp.worker"
 

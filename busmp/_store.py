@@ -147,9 +147,10 @@ class EventStore:
         encoded = self._encode(event, ctx)
         with self._lock:
             self._check_open()
-            (slot,) = self._reserve(1, ctx, timeout)
+            ring = self._ring
+            slot = ring.free.popleft() if ring.free else self._reserve(1, ctx, timeout)[0]
             self._write(slot, encoded)
-            self._ring.pending.append(slot)
+            ring.pending.append(slot)
             self._published += 1
 
     def subscribe_many(self, events: Iterable[Event], ctx: Context | None = None, *,
@@ -165,9 +166,10 @@ class EventStore:
         accepted = 0
         with self._lock:
             self._check_open()
+            free = self._ring.free
             for item in encoded:
                 try:
-                    (slot,) = self._reserve(1, ctx, timeout)
+                    slot = free.popleft() if free else self._reserve(1, ctx, timeout)[0]
                 except (BufferFull, TimeoutError):
                     if accepted == 0:
                         raise

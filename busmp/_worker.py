@@ -202,10 +202,10 @@ class Worker:
         if error is not None:
             error = portable_exception(error)
         try:
-            body, _ = dumps((result, error))
+            body = dumps((result, error))[0]
         except Exception as exc:  # an unpicklable Result.value
             error = RemoteError("TypeError", f"handler {handler} returned a result that cannot be pickled: {exc}")
-            body, _ = dumps((None, error))
+            body = dumps((None, error))[0]
         if error is not None:
             self.errors += 1
         name = handler.encode()[:0xFFFF]
