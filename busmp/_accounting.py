@@ -19,7 +19,7 @@ from ._pipeline import Item
 if TYPE_CHECKING:
     from ._dlq import DeadLetterQueue
 
-__all__ = ["Accounting", "BeforeHook", "AfterHook", "ErrorHook", "inside_hook"]
+__all__ = ["Accounting", "Tally", "BeforeHook", "AfterHook", "ErrorHook", "inside_hook"]
 
 log = logging.getLogger("busmp")
 
@@ -74,6 +74,11 @@ class Accounting:
         for after_hook in self.after_hooks:
             self._call_hook(after_hook, item.ctx, item.event, result if result is not None else Result(), error)
 
+    def tally(self) -> Tally:
+        """An observer for one run in one thread: successes nobody watches are only counted,
+        locally, and added here once at the end (``Tally.close``)."""
+        return Tally(self)
+
     def dead_letter(self, event: Event, error: BaseException, attempts: int, handler: str) -> None:
         queue = self._dlq()
         if queue is not None:
@@ -88,6 +93,35 @@ class Accounting:
             log.exception("busmp hook %r raised; the bus goes on", hook)
         finally:
             _hooks.depth -= 1
+
+
+class Tally:
+    """Sync mode's observer: hooks and failures go to the accounting at once, bare successes
+    are counted here without a lock (one thread owns a tally) and added when it closes."""
+
+    __slots__ = ("_accounting", "_quiet", "succeeded")
+
+    def __init__(self, accounting: Accounting) -> None:
+        self._accounting = accounting
+        self._quiet = not accounting.wants_results
+        self.succeeded = 0
+
+    def before(self, item: Item, handler: str) -> None:
+        if not self._quiet:
+            self._accounting.before(item, handler)
+
+    def after(self, item: Item, handler: str, result: Result | None, error: BaseException | None) -> None:
+        if self._quiet and error is None:
+            self.succeeded += 1
+        else:
+            self._accounting.after(item, handler, result, error)
+
+    def event_done(self, item: Item) -> None:
+        return None
+
+    def close(self) -> None:
+        self._accounting.count(self.succeeded, 0)
+        self.succeeded = 0
 
 
 _hooks = threading.local()

@@ -20,13 +20,14 @@ from ._errors import HandlerPanic, RemoteError
 from ._event import Context, Event
 
 __all__ = [
-    "FLAG_CLOUDPICKLE", "FLAG_ENVELOPE", "FLAG_OVERFLOW",
-    "encode_event", "decode_event", "dumps", "portable_exception",
+    "FLAG_CLOUDPICKLE", "FLAG_ENVELOPE", "FLAG_OVERFLOW", "FLAG_CHUNK",
+    "encode_event", "encode_chunk", "decode_event", "decode_events", "dumps", "portable_exception",
 ]
 
 FLAG_CLOUDPICKLE = 1 << 0  # written by cloudpickle (pickle.loads still reads it)
 FLAG_ENVELOPE = 1 << 1     # payload is (event, ctx, attempts), not a bare Event
 FLAG_OVERFLOW = 1 << 2     # payload lives in its own shared-memory block; the slot holds its name
+FLAG_CHUNK = 1 << 3        # payload is a list of events (from subscribe_many), not one
 
 PROTOCOL = 5
 
@@ -108,13 +109,30 @@ def encode_event(event: Event, ctx: Context | None = None, attempts: int = 0,
     return payload, flags | how, buffers
 
 
+def encode_chunk(events: Sequence[Event], ctx: Context | None = None) -> tuple[bytes, int, list[memoryview]]:
+    """Encode several events as one pickle (a list of their field tuples): one slot, one
+    ``pickle.dumps``, for a run of events that ``subscribe_many`` received together."""
+    fields = [(e.projection, e.data, e.id, e.args) for e in events]
+    obj: object = fields if ctx is None else (fields, ctx, 0)
+    payload, how, buffers = dumps(obj, True)
+    return payload, how | FLAG_CHUNK | (FLAG_ENVELOPE if ctx is not None else 0), buffers
+
+
 def decode_event(payload: Any, flags: int, buffers: Sequence[Any] = ()) -> tuple[Event, Context | None, int]:
     """The inverse of :func:`encode_event`: ``(event, ctx, attempts)``."""
+    events, ctx, attempts = decode_events(payload, flags, buffers)
+    return events[0], ctx, attempts
+
+
+def decode_events(payload: Any, flags: int, buffers: Sequence[Any] = ()) -> tuple[list[Event], Context | None, int]:
+    """What a slot holds, one event or a chunk: ``(events, ctx, attempts)``."""
     obj = pickle.loads(payload, buffers=buffers)
+    ctx, attempts = None, 0
     if flags & FLAG_ENVELOPE:
-        fields, ctx, attempts = obj
-        return Event(*fields), ctx, attempts
-    return Event(*obj), None, 0
+        obj, ctx, attempts = obj
+    if flags & FLAG_CHUNK:
+        return [Event(*fields) for fields in obj], ctx, attempts
+    return [Event(*obj)], ctx, attempts
 
 
 def portable_exception(exc: BaseException) -> BaseException:

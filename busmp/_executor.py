@@ -11,7 +11,7 @@ takes *claimed* slots and gets their events handled, reporting every outcome to 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 from ._accounting import Accounting
@@ -28,7 +28,7 @@ class Host(Protocol):
     accounting: Accounting
 
     def routes(self) -> Routes: ...
-    def claim_items(self, slots: Sequence[int], ticket: Ticket | None) -> list[Item]: ...
+    def claim_items(self, slots: Sequence[int], ticket: Ticket | None) -> tuple[int, Iterator[Item]]: ...
     def accept_followup(self, event: Event, ctx: Context | None) -> None: ...
     def finished(self, count: int) -> None: ...
 
@@ -60,25 +60,30 @@ class InlineExecutor:
         self._host = host
 
     def submit(self, slots: Sequence[int], ticket: Ticket | None = None) -> None:
-        self.run(self._host.claim_items(slots, ticket))
+        self.run(*self._host.claim_items(slots, ticket))
 
-    def run(self, items: list[Item]) -> None:
-        """Handle ``items`` and, breadth first, every follow-up they emit."""
+    def run(self, count: int, items: Iterable[Item]) -> None:
+        """Handle ``count`` items and, breadth first, every follow-up they emit."""
         host = self._host
-        while items:
+        while count:
             followups: list[Item] = []
 
             def emit(event: Event, ctx: Context) -> None:
                 host.accept_followup(event, ctx)
                 followups.append(Item(event, ctx if ctx is not None else BACKGROUND))
 
+            routes = host.routes()
+            tally = host.accounting.tally()
             try:
-                run_items(items, host.routes(), host.accounting, emit)
+                # Batch handlers need every item twice; otherwise they stream, decoded one by one.
+                run_items(list(items) if routes.batches else items, routes, tally, emit)
             except BaseException:
-                host.finished(len(items) + len(followups))  # interrupted: nothing stays in flight
+                host.finished(count + len(followups))  # interrupted: nothing stays in flight
                 raise
-            host.finished(len(items))
-            items = followups
+            finally:
+                tally.close()
+            host.finished(count)
+            count, items = len(followups), followups
 
     def wait(self, ticket: Ticket, timeout: float | None) -> None:
         return None  # inline work is done when submit() returns

@@ -38,7 +38,7 @@ from ._event import Event
 from ._pipeline import Item, Ticket
 from ._protocol import (
     BATCH, BATCH_HEAD, CUR_ERRORS, CUR_JOB, CUR_POS, CUR_PROCESSED, DONE, DONE_REC, EMIT, EMIT_HEAD,
-    EVENTS, HANDLED, JOB_HEAD, OUTCOME, OUTCOME_HEAD, PID, ROUTES, ROUTES_HEAD, STOP, pack_pairs,
+    EVENTS, HANDLED, JOB_HEAD, OUTCOME, OUTCOME_HEAD, PID, ROUTES, ROUTES_HEAD, STOP, pack_entries,
 )
 from ._ring import SlotRing
 from ._worker import worker_main
@@ -61,22 +61,45 @@ class PoolHost(Protocol):
     accounting: Accounting
 
     def routes_and_key(self) -> tuple[Routes, object]: ...
-    def item_at(self, slot: int, seq: int, ticket: Ticket | None) -> Item: ...
+    def item_at(self, slot: int, seq: int, index: int, ticket: Ticket | None) -> Item: ...
     def release(self, slots: np.ndarray) -> None: ...
     def finished(self, count: int) -> None: ...
-    def place_followups(self, encoded: list[tuple[bytes, int, int, list[memoryview]]]) -> list[int]: ...
+    def place_followups(self, encoded: list[tuple[bytes, int, int, list[memoryview], int]]) -> list[int]: ...
     def count_followup(self) -> None: ...
 
 
 @dataclass(eq=False)
 class Job:
+    """Work for one worker: entries ``(slot, seq, start, stop)``, i.e. events start..stop-1
+    of each slot. Positions (``pos``) number the job's events 0..events-1 in order."""
+
     id: int
     worker: int
     kind: int
-    slots: np.ndarray
-    seqs: np.ndarray
+    entries: np.ndarray
     ticket: Ticket | None = None
     batch: tuple[int, int] = (0, 0)  # (projection index, route index) for BATCH jobs
+    events: int = 0
+    _ends: np.ndarray | None = None  # cumulative events per entry, when entries hold several
+
+    def __post_init__(self) -> None:
+        sizes = self.entries[:, 3] - self.entries[:, 2]
+        self.events = int(sizes.sum())
+        if self.events != len(self.entries):
+            self._ends = np.cumsum(sizes)
+
+    @property
+    def slots(self) -> np.ndarray:
+        return self.entries[:, 0]
+
+    def locate(self, pos: int) -> tuple[int, int, int]:
+        """The slot, its sequence number and the index within it of event ``pos``."""
+        if self._ends is None:
+            slot, seq, start, _ = self.entries[pos].tolist()
+            return slot, seq, start
+        row = int(np.searchsorted(self._ends, pos, side="right"))
+        slot, seq, start, stop = self.entries[row].tolist()
+        return slot, seq, stop - (int(self._ends[row]) - pos)
 
 
 @dataclass(eq=False)
@@ -108,7 +131,7 @@ class ProcessExecutor:
         self._jobs: dict[int, Job] = {}
         self._next_job = 1
         self._routes_cache: tuple[object, bytes] | None = None
-        self._backlog: deque[tuple[bytes, int, int, list[memoryview]]] = deque()
+        self._backlog: deque[tuple[bytes, int, int, list[memoryview], int]] = deque()
         self._closing = False
         self._broken: str | None = None
         self._early_deaths = 0
@@ -158,14 +181,14 @@ class ProcessExecutor:
             if self._broken is not None:
                 self._host.release(arr)
                 raise BusError(self._broken)
-            self._ring.counts["published"] += len(arr)
+            self._ring.counts["published"] += self._ring.live_events(slots)
             self._ring.sync_header()
             routes, key = self._host.routes_and_key()
             jobs = self._plan(arr, routes, ticket)
             if ticket is not None:
                 ticket.jobs += len(jobs)
             for job in jobs:
-                self._refs[job.slots] += 1
+                np.add.at(self._refs, job.slots, 1)
             idle = arr[self._refs[arr] == 0]
             woken: set[int] = set()
             for job in jobs:
@@ -182,34 +205,33 @@ class ProcessExecutor:
 
     def _plan(self, slots: np.ndarray, routes: Routes, ticket: Ticket | None) -> list[Job]:
         """Cut slots into EVENTS jobs (per-event handlers) and BATCH jobs (batch handlers)."""
-        seqs = self._ring.seqs(slots)
-        hashes = self._ring.routes(slots)
-        handled = _matches_any(hashes, _handler_hashes(routes))
-        jobs: list[Job] = []
+        ring = self._ring
+        starts = np.fromiter((ring.first[s] for s in slots.tolist()), np.int64, len(slots))
+        sizes = np.fromiter((ring.live[s] for s in slots.tolist()), np.int64, len(slots))
+        entries = np.stack([slots, ring.seqs(slots), starts, starts + sizes], axis=1)
+        hashes = ring.routes(slots)
         order = sorted(range(self.workers), key=lambda i: self._handles[i].queued)
         if ticket is not None:
             order = order[:1]  # a group runs on one worker, in order
-        ev_slots, ev_seqs = slots[handled], seqs[handled]
-        size = len(ev_slots) if ticket is not None else \
-            max(1, min(MAX_JOB, -(-len(ev_slots) // (self.workers * JOBS_PER_WORKER))))
-        for n, start in enumerate(range(0, len(ev_slots), max(size, 1))):
-            jobs.append(self._job(order[n % len(order)], EVENTS, ev_slots[start:start + size],
-                                  ev_seqs[start:start + size], ticket))
+        jobs: list[Job] = []
+        handled = _matches_any(hashes, _handler_hashes(routes))
+        for group in _cut_whole(entries[handled], sizes[handled], self._job_size(int(sizes[handled].sum()), ticket)):
+            jobs.append(Job(self._new_job_id(), order[len(jobs) % len(order)], EVENTS, group, ticket))
         for key, (projection, batch_routes) in enumerate(routes.batches.items()):
-            mine = hashes == hash(projection)
-            b_slots, b_seqs = slots[mine], seqs[mine]
+            mine = entries[hashes == hash(projection)]
             for r, route in enumerate(batch_routes):
-                for start in range(0, len(b_slots), route.size):
-                    job = self._job(order[len(jobs) % len(order)], BATCH, b_slots[start:start + route.size],
-                                    b_seqs[start:start + route.size], ticket)
-                    job.batch = (key, r)
-                    jobs.append(job)
+                for group in _cut_exact(mine, route.size):
+                    jobs.append(Job(self._new_job_id(), order[len(jobs) % len(order)], BATCH, group, ticket, (key, r)))
         return jobs
 
-    def _job(self, worker: int, kind: int, slots: np.ndarray, seqs: np.ndarray, ticket: Ticket | None) -> Job:
-        job = Job(self._next_job, worker, kind, slots, seqs, ticket)
+    def _job_size(self, events: int, ticket: Ticket | None) -> int:
+        if ticket is not None:
+            return max(events, 1)  # one job: the group's order holds
+        return max(1, min(MAX_JOB, -(-events // (self.workers * JOBS_PER_WORKER))))
+
+    def _new_job_id(self) -> int:
         self._next_job += 1
-        return job
+        return self._next_job
 
     def _ship_routes(self, handle: WorkerHandle, routes: Routes, key: object) -> None:
         if handle.routes_key == key:
@@ -222,13 +244,13 @@ class ProcessExecutor:
 
     def _write_job(self, handle: WorkerHandle, job: Job) -> None:
         if job.kind == EVENTS:
-            head = JOB_HEAD.pack(job.id, len(job.slots))
+            head = JOB_HEAD.pack(job.id, len(job.entries))
         else:
-            head = BATCH_HEAD.pack(job.id, len(job.slots), *job.batch)
+            head = BATCH_HEAD.pack(job.id, len(job.entries), *job.batch)
         self._jobs[job.id] = job
         handle.outstanding[job.id] = job
-        handle.queued += len(job.slots)
-        handle.jobs.put(job.kind, head + pack_pairs(job.slots, job.seqs), self._waiter(handle))
+        handle.queued += job.events
+        handle.jobs.put(job.kind, head + pack_entries(job.entries), self._waiter(handle))
 
     def _waiter(self, handle: WorkerHandle) -> Any:
         def wait() -> None:
@@ -308,7 +330,7 @@ class ProcessExecutor:
 
     def _settle(self, job: Job, pos: int, name: str, result: Any, error: BaseException | None,
                 counted: bool) -> None:
-        item = self._host.item_at(int(job.slots[pos]), int(job.seqs[pos]), job.ticket)
+        item = self._host.item_at(*job.locate(pos), job.ticket)
         accounting = self._host.accounting
         accounting.before(item, name)
         accounting.settle(item, name, result, error, counted=counted)
@@ -319,7 +341,7 @@ class ProcessExecutor:
                 return
             handle = self._handles[job.worker]
             handle.outstanding.pop(job.id, None)
-            handle.queued -= len(job.slots)
+            handle.queued -= job.events
             self._refs[job.slots] -= 1
             done = job.slots[self._refs[job.slots] == 0]
         if len(done):
@@ -337,7 +359,7 @@ class ProcessExecutor:
             self._host.accounting.dead_letter(Event("busmp.undecodable", payload), exc, 1, "busmp.codec.decode_event")
             return
         self._host.count_followup()
-        self._backlog.append((payload, flags, hash(event.projection), []))
+        self._backlog.append((payload, flags, hash(event.projection), [], 1))
 
     def _place_backlog(self) -> None:
         """Move follow-ups into free slots and submit them; the rest wait for released slots."""
@@ -381,7 +403,7 @@ class ProcessExecutor:
             if job.id == cur_job:
                 first = cur_pos
                 self._host.accounting.count(*partial)
-            for pos in range(first, len(job.slots)):
+            for pos in range(first, job.events):
                 self._settle(job, pos, CRASH_HANDLER, None, error, counted=False)
             self._finish(job)
 
@@ -441,7 +463,7 @@ class ProcessExecutor:
 
     def _backlog_to_dead_letters(self) -> None:
         while self._backlog:
-            payload, flags, _, _ = self._backlog.popleft()
+            payload, flags, _, _, _ = self._backlog.popleft()
             event = decode_event(payload, flags)[0]
             self._host.accounting.dead_letter(event, StoreClosed("store drained before the follow-up ran"), 1,
                                               CRASH_HANDLER)
@@ -458,6 +480,33 @@ class ProcessExecutor:
         self._notify_w.close()
         os.close(self._stop_r)
         os.close(self._stop_w)
+
+
+def _cut_whole(entries: np.ndarray, sizes: np.ndarray, size: int) -> list[np.ndarray]:
+    """Consecutive groups of entries of about ``size`` events each; entries stay whole."""
+    if not len(entries):
+        return []
+    group_of = (np.cumsum(sizes) - 1) // size
+    return np.split(entries, np.flatnonzero(np.diff(group_of)) + 1)
+
+
+def _cut_exact(entries: np.ndarray, size: int) -> list[np.ndarray]:
+    """Groups of exactly ``size`` events (the last may be short), splitting entries as needed."""
+    groups: list[np.ndarray] = []
+    current: list[tuple[int, int, int, int]] = []
+    room = size
+    for slot, seq, start, stop in entries.tolist():
+        while start < stop:
+            take = min(room, stop - start)
+            current.append((slot, seq, start, start + take))
+            start += take
+            room -= take
+            if room == 0:
+                groups.append(np.array(current, dtype=np.int64))
+                current, room = [], size
+    if current:
+        groups.append(np.array(current, dtype=np.int64))
+    return groups
 
 
 def _matches_any(values: np.ndarray, wanted: np.ndarray) -> np.ndarray:

@@ -3,8 +3,9 @@
 Job channel, parent -> worker:
 
     ROUTES  want_outcomes u8 | cloudpickle(Routes)
-    EVENTS  job u64, count u32            | count x (slot i64, seq i64): run per-event handlers
-    BATCH   job u64, count u32, key u32, route u32 | pairs: one batch call, projection #key
+    EVENTS  job u64, count u32            | count x (slot, seq, start, stop) i64: run per-event
+            handlers on events start..stop-1 of each slot (a slot holds one event or a chunk)
+    BATCH   job u64, count u32, key u32, route u32 | entries: one batch call, projection #key
     STOP    (empty): finish what is queued, then exit
 
 Result channel, worker -> parent:
@@ -28,7 +29,7 @@ __all__ = [
     "ROUTES", "EVENTS", "BATCH", "STOP", "OUTCOME", "EMIT", "DONE",
     "ROUTES_HEAD", "JOB_HEAD", "BATCH_HEAD", "OUTCOME_HEAD", "EMIT_HEAD", "DONE_REC",
     "CUR_JOB", "CUR_POS", "CUR_PROCESSED", "CUR_ERRORS", "PID", "HANDLED",
-    "pack_pairs", "unpack_pairs",
+    "ENTRY_WORDS", "pack_entries", "unpack_entries",
 ]
 
 ROUTES, EVENTS, BATCH, STOP = 1, 2, 3, 4
@@ -45,12 +46,12 @@ DONE_REC = struct.Struct("<Qqq")
 CUR_JOB, CUR_POS, CUR_PROCESSED, CUR_ERRORS, PID, HANDLED = range(6)
 
 
-def pack_pairs(slots: np.ndarray, seqs: np.ndarray) -> bytes:
-    pairs = np.empty((len(slots), 2), dtype="<i8")
-    pairs[:, 0] = slots
-    pairs[:, 1] = seqs
-    return pairs.tobytes()
+ENTRY_WORDS = 4  # slot, seq (of the slot's first event), start, stop
 
 
-def unpack_pairs(data: bytes | memoryview, offset: int) -> np.ndarray:
-    return np.frombuffer(data, dtype="<i8", offset=offset).reshape(-1, 2)
+def pack_entries(entries: np.ndarray) -> bytes:
+    return np.ascontiguousarray(entries, dtype="<i8").tobytes()
+
+
+def unpack_entries(data: bytes | memoryview, offset: int) -> np.ndarray:
+    return np.frombuffer(data, dtype="<i8", offset=offset).reshape(-1, ENTRY_WORDS)

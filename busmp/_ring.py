@@ -114,6 +114,9 @@ class SlotRing:
         # Parent-only bookkeeping.
         self.free: deque[int] = deque(range(self.slot_count)) if owner else deque()
         self.pending: deque[int] = deque()
+        self.live = [0] * self.slot_count if owner else []   # events each slot still holds
+        self.first = [0] * self.slot_count if owner else []  # a chunk's first live event
+        self.free_events = self.slot_count if owner else 0
         self.counts = dict.fromkeys(CURSORS, 0)
 
     # -- life cycle ---------------------------------------------------------------
@@ -213,30 +216,52 @@ class SlotRing:
             self._pool.give(block)
 
     # -- parent-only bookkeeping (under the store's lock) ------------------------
-    def allocate(self) -> int | None:
-        return self.free.popleft() if self.free else None
+    # Room is counted in events, as the contract's buffer_size is: a slot holds one event, or
+    # a chunk of several from subscribe_many. Every held slot holds at least one live event,
+    # so with room for an event there is always a free slot too.
+    def take(self, events: int) -> int:
+        """A free slot for ``events`` events; the caller has made room for them."""
+        slot = self.free.popleft()
+        self.live[slot] = events
+        self.first[slot] = 0
+        self.free_events -= events
+        return slot
 
-    def release(self, slots: list[int]) -> None:
-        """Give slots back once nobody will read them again."""
+    def release(self, slots: list[int]) -> int:
+        """Give slots back once nobody will read them again; returns the events they held."""
+        events = 0
         for slot in slots:
+            events += self.live[slot]
+            self.live[slot] = 0
             if slot in self._overflow:
                 self._drop_spill(slot)
         self.free.extend(slots)
-        self.counts["released"] += len(slots)
+        self.free_events += events
+        self.counts["released"] += events
+        return events
 
-    def drop_oldest_pending(self) -> int | None:
-        """Discard the oldest pending event; returns its slot, ready for reuse."""
+    def drop_oldest_pending(self) -> bool:
+        """Discard the oldest pending event (the first live one of the oldest pending slot)."""
         if not self.pending:
-            return None
-        slot = self.pending.popleft()
-        self._drop_spill(slot)
+            return False
+        slot = self.pending[0]
+        self.first[slot] += 1
+        self.live[slot] -= 1
+        self.free_events += 1
         self.counts["dropped"] += 1
-        return slot
+        if self.live[slot] == 0:
+            self.pending.popleft()
+            self._drop_spill(slot)
+            self.free.append(slot)
+        return True
 
     def take_pending(self) -> list[int]:
         taken = list(self.pending)
         self.pending.clear()
         return taken
+
+    def live_events(self, slots: Sequence[int]) -> int:
+        return sum(self.live[slot] for slot in slots)
 
     def sync_header(self) -> None:
         """Mirror the parent's counters into the shared header (once per batch, not per event)."""

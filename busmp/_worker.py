@@ -15,20 +15,20 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from typing import Any
 
 import psutil
 
 from ._channel import Channel
-from ._codec import decode_event, dumps, encode_event, portable_exception
+from ._codec import decode_events, dumps, encode_event, portable_exception
 from ._dispatch import BatchRoute, Routes
 from ._errors import RemoteError
 from ._event import BACKGROUND, Context, Event, Result, current_emitter
 from ._pipeline import Item, run_chunk, run_items
 from ._protocol import (
     BATCH, BATCH_HEAD, CUR_ERRORS, CUR_JOB, CUR_POS, CUR_PROCESSED, DONE, DONE_REC, EMIT, EMIT_HEAD,
-    EVENTS, HANDLED, JOB_HEAD, OUTCOME, OUTCOME_HEAD, PID, ROUTES, ROUTES_HEAD, STOP, unpack_pairs,
+    EVENTS, HANDLED, JOB_HEAD, OUTCOME, OUTCOME_HEAD, PID, ROUTES, ROUTES_HEAD, STOP, unpack_entries,
 )
 from ._ring import SPIN_ALLOWED, CorruptSlot, SlotRing
 
@@ -66,10 +66,9 @@ class Worker:
         self.unnotified = False
         # Per-job state, for the observer callbacks.
         self.job = 0
-        self.pairs: Any = None
+        self.entries: list[list[int]] = []
         self.processed = 0
         self.errors = 0
-        self.pos = 0
         jobs.set_control(PID, os.getpid())
         self.progress = jobs.control_words()
 
@@ -96,10 +95,10 @@ class Worker:
                 self.routes, self.want_outcomes = pickle.loads(payload[ROUTES_HEAD.size:]), bool(want)
             elif kind == EVENTS:
                 job, _count = JOB_HEAD.unpack_from(payload)
-                self.run_events(job, unpack_pairs(payload, JOB_HEAD.size))
+                self.run_events(job, unpack_entries(payload, JOB_HEAD.size))
             elif kind == BATCH:
                 job, _count, key, route = BATCH_HEAD.unpack_from(payload)
-                self.run_batch(job, unpack_pairs(payload, BATCH_HEAD.size), key, route)
+                self.run_batch(job, unpack_entries(payload, BATCH_HEAD.size), key, route)
             if not self.jobs.has_data() or time.monotonic() - self.last_notify > NOTIFY_EVERY_SECONDS:
                 self.notify_parent()
 
@@ -133,8 +132,8 @@ class Worker:
             pass  # the pipe is full: the parent has wake-ups enough
 
     # -- jobs ---------------------------------------------------------------------
-    def start_job(self, job: int, pairs: Any) -> None:
-        self.pairs, self.processed, self.errors, self.pos = pairs.tolist(), 0, 0, 0
+    def start_job(self, job: int, entries: Any) -> None:
+        self.entries, self.processed, self.errors = entries.tolist(), 0, 0
         jobs = self.jobs
         jobs.set_control(CUR_POS, 0)
         jobs.set_control(CUR_PROCESSED, 0)
@@ -142,44 +141,48 @@ class Worker:
         jobs.set_control(CUR_JOB, job)  # last: until now a crash charges the whole job
         self.job = job
 
-    def finish_job(self, events: int) -> None:
-        self.handled += events
+    def finish_job(self) -> None:
+        self.handled += sum(stop - start for _, _, start, stop in self.entries)
         self.jobs.set_control(HANDLED, self.handled)  # before DONE: flush() may return on DONE
         self.results.put(DONE, DONE_REC.pack(self.job, self.processed, self.errors), self.wait_for_parent)
 
-    def run_events(self, job: int, pairs: Any) -> None:
-        self.start_job(job, pairs)
-        decode = self.decode
-        items = (item for pos in range(len(self.pairs)) if (item := decode(pos)) is not None)
-        run_items(items, self.routes, self, self.emit, catch=BaseException, batches=False)
-        self.finish_job(len(pairs))
+    def run_events(self, job: int, entries: Any) -> None:
+        self.start_job(job, entries)
+        run_items(self.items(), self.routes, self, self.emit, catch=BaseException, batches=False)
+        self.finish_job()
 
-    def run_batch(self, job: int, pairs: Any, key: int, route_index: int) -> None:
-        self.start_job(job, pairs)
+    def run_batch(self, job: int, entries: Any, key: int, route_index: int) -> None:
+        self.start_job(job, entries)
         projection: Hashable = list(self.routes.batches)[key]
         route: BatchRoute = self.routes.batches[projection][route_index]
-        items = [item for pos in range(len(pairs)) if (item := self.decode(pos)) is not None]
         # A projection that only shares the hash of the batch projection is not delivered.
-        chunk = [item for item in items if item.event.projection == projection]
+        chunk = [item for item in self.items() if item.event.projection == projection]
         if chunk:
             reset = current_emitter.set(self.emit)
             try:
                 run_chunk(route, chunk, self, catch=BaseException)
             finally:
                 current_emitter.reset(reset)
-        self.finish_job(len(pairs))
+        self.finish_job()
 
-    def decode(self, pos: int) -> Item | None:
-        slot, seq = self.pairs[pos]
-        try:
-            payload, flags, buffers = self.ring.read(slot, seq)
-            event, ctx, attempts = decode_event(payload, flags, buffers)
-        except Exception as exc:  # charged to this one event
-            self.processed += 1
-            self.report(pos, "busmp.codec.decode_event", None, exc)
-            self.jobs.set_control(CUR_POS, pos + 1)
-            return None
-        return Item(event, ctx if ctx is not None else BACKGROUND, attempts, None, pos)
+    def items(self) -> Iterator[Item]:
+        """The job's events, decoded slot by slot straight from the ring, numbered by position."""
+        pos = 0
+        for slot, seq, start, stop in self.entries:
+            try:
+                payload, flags, buffers = self.ring.read(slot, seq)
+                events, ctx, attempts = decode_events(payload, flags, buffers)
+            except Exception as exc:  # charged to these events alone
+                for _ in range(start, stop):
+                    self.processed += 1
+                    self.report(pos, "busmp.codec.decode_event", None, exc)
+                    pos += 1
+                self.jobs.set_control(CUR_POS, pos)
+                continue
+            ctx = ctx if ctx is not None else BACKGROUND
+            for event in events[start:stop]:
+                yield Item(event, ctx, attempts, None, pos)
+                pos += 1
 
     # -- observer: outcomes go to the parent ----------------------------------------
     def before(self, item: Item, handler: str) -> None:

@@ -110,10 +110,22 @@ def test_slot_size_below_the_minimum_is_refused():
 
 
 def test_free_list_is_fifo_so_slots_rotate_like_a_ring(ring):
-    taken = [ring.allocate() for _ in range(8)]
-    assert taken == list(range(8)) and ring.allocate() is None
-    ring.release([5, 2])
-    assert [ring.allocate(), ring.allocate()] == [5, 2]
+    taken = [ring.take(1) for _ in range(8)]
+    assert taken == list(range(8)) and ring.free_events == 0
+    assert ring.release([5, 2]) == 2
+    assert [ring.take(1), ring.take(1)] == [5, 2]
+
+
+def test_room_is_counted_in_events_and_drop_oldest_eats_a_chunk_from_the_front(ring):
+    chunk = ring.take(5)  # a chunk of five events in one slot
+    ring.pending.append(chunk)
+    assert ring.free_events == 3 and len(ring.free) == 7
+    assert ring.drop_oldest_pending()
+    assert (ring.first[chunk], ring.live[chunk], ring.free_events) == (1, 4, 4)
+    for _ in range(4):
+        assert ring.drop_oldest_pending()
+    assert not ring.pending and ring.free_events == 8 and len(ring.free) == 8
+    assert not ring.drop_oldest_pending()
 
 
 def test_cloudpickle_only_when_plain_pickle_cannot():
