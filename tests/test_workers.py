@@ -464,3 +464,21 @@ def test_drop_oldest_never_discards_what_a_worker_holds(start_method):
     assert later[-1] in handled  # the newest is never the one dropped
     assert stats.dropped == len(held) + len(later) - len(handled) > 0
     assert store.metrics() == (len(held) + len(later), len(handled), 0)
+
+
+def test_chunked_subscribe_many_in_workers_keeps_per_event_accounting(start_method):
+    """subscribe_many shares slots between events; workers still report event by event."""
+    d = Dispatcher()
+    d.register("p", pid_handler)
+    store = make_store(d, start_method)
+    with running(store):
+        store.register_batch("p", 7, batch_ids)
+        calls = Counter()
+        store.on_after(lambda ctx, ev, res, err: calls.update([(ev.id, err is None)]))
+        ids = [f"c{i}" for i in range(100)]
+        assert store.subscribe_many(Event("p", id=i) for i in ids) == 100
+        assert store.publish() == 100
+        store.flush(timeout=FLUSH)
+        assert calls == Counter({(i, True): 2 for i in ids})  # one per-event, one batch outcome
+        assert store.metrics() == (100, 200, 0)
+        assert store.stats().free_slots == store.stats().slots

@@ -323,7 +323,8 @@ def test_dying_worker_becomes_worker_crashed_and_is_replaced(start_method, handl
         assert store.metrics() == (17, 17, 1)
 
 
-def test_sigkill_mid_batch_accounts_for_every_event(start_method):
+@pytest.mark.parametrize("many", [False, True], ids=["subscribe", "subscribe_many-chunks"])
+def test_sigkill_mid_batch_accounts_for_every_event(start_method, many):
     d = Dispatcher()
     d.register("p", slow_pid_handler)
     n = 200
@@ -337,8 +338,12 @@ def test_sigkill_mid_batch_accounts_for_every_event(start_method):
         seen.clear()
 
         ids = [f"e{i}" for i in range(n)]
-        for i in ids:
-            store.subscribe(Event("p", id=i))
+        if many:  # events share slots: a crash must still be charged event by event
+            assert store.subscribe_many(Event("p", id=i) for i in ids) == n
+            assert len(store._ring.pending) < n
+        else:
+            for i in ids:
+                store.subscribe(Event("p", id=i))
         assert store.publish() == n
         assert wait_until(lambda: len(seen) >= 10, 10), "the worker never got going"
         os.kill(pid, signal.SIGKILL)
