@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ._dlq import DeadLetter
 from ._event import Context, Event, Result
-from ._pipeline import Item
+from ._pipeline import NO_RESULT, Item
 
 if TYPE_CHECKING:
     from ._dlq import DeadLetterQueue
@@ -39,6 +39,10 @@ class Accounting:
         self.error_hooks: list[ErrorHook] = []
         self.processed = 0
         self.errors = 0
+
+    @property
+    def watches_before(self) -> bool:
+        return bool(self.before_hooks)
 
     @property
     def wants_results(self) -> bool:
@@ -72,7 +76,7 @@ class Accounting:
             for hook in self.error_hooks:
                 self._call_hook(hook, item.ctx, item.event, error)
         for after_hook in self.after_hooks:
-            self._call_hook(after_hook, item.ctx, item.event, result if result is not None else Result(), error)
+            self._call_hook(after_hook, item.ctx, item.event, NO_RESULT if result is None else result, error)
 
     def tally(self) -> Tally:
         """An observer for one run in one thread: successes nobody watches are only counted,
@@ -99,11 +103,12 @@ class Tally:
     """Sync mode's observer: hooks and failures go to the accounting at once, bare successes
     are counted here without a lock (one thread owns a tally) and added when it closes."""
 
-    __slots__ = ("_accounting", "_quiet", "succeeded")
+    __slots__ = ("_accounting", "_quiet", "succeeded", "watches_before")
 
     def __init__(self, accounting: Accounting) -> None:
         self._accounting = accounting
         self._quiet = not accounting.wants_results
+        self.watches_before = accounting.watches_before
         self.succeeded = 0
 
     def before(self, item: Item, handler: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from ._dispatch import BatchRoute, Routes
 from ._event import BACKGROUND, Context, Emitter, Event, Result, current_emitter
 
-__all__ = ["Item", "Ticket", "Observer", "run_items", "chunks"]
+__all__ = ["Item", "Ticket", "Observer", "NO_RESULT", "run_items", "chunks"]
 
 
 @dataclass
@@ -39,7 +39,13 @@ class Item:
     token: int = -1            # where the event came from (a sequence number), for reports
 
 
+#: What a handler that returned None "returned"; Result is immutable, so one instance serves all.
+NO_RESULT = Result()
+
+
 class Observer(Protocol):
+    watches_before: bool  # False: before() need not be called at all
+
     def before(self, item: Item, handler: str) -> None: ...
     def after(self, item: Item, handler: str, result: Result | None, error: BaseException | None) -> None: ...
     def event_done(self, item: Item) -> None: ...
@@ -53,18 +59,21 @@ def run_items(items: Iterable[Item], routes: Routes, observer: Observer, emit: E
     failure: ``Exception`` in the parent (Ctrl-C still stops the program), ``BaseException``
     in a worker (the worker must outlive its handlers).
     """
+    chains_of, after, done = routes.chains, observer.after, observer.event_done
+    before = observer.before if observer.watches_before else None
     reset = current_emitter.set(emit)
     try:
         for item in items:
-            for fn, name in routes.chains(item.event.projection):
-                observer.before(item, name)
+            for fn, name in chains_of(item.event.projection):
+                if before is not None:
+                    before(item, name)
                 try:
                     result = fn(item.ctx, item.event)
                 except catch as exc:
-                    observer.after(item, name, None, exc)
+                    after(item, name, None, exc)
                 else:
-                    observer.after(item, name, result if result is not None else Result(), None)
-            observer.event_done(item)
+                    after(item, name, NO_RESULT if result is None else result, None)
+            done(item)
         if batches and routes.batches:
             for route, chunk in batch_chunks(items, routes.batches):
                 run_chunk(route, chunk, observer, catch)
@@ -114,4 +123,4 @@ def run_chunk(route: BatchRoute, chunk: Sequence[Item], observer: Observer,
             observer.after(item, route.name, None, error)
         else:
             result = results[i] if i < len(results) else None
-            observer.after(item, route.name, result if result is not None else Result(), None)
+            observer.after(item, route.name, NO_RESULT if result is None else result, None)

@@ -52,6 +52,8 @@ def worker_main(ring_name: str, jobs_name: str, results_name: str, doorbell: Any
 
 
 class Worker:
+    watches_before = False  # the parent fires on_before when an outcome arrives
+
     def __init__(self, ring: SlotRing, jobs: Channel, results: Channel, doorbell_fd: int,
                  notify_fd: int, owner_pid: int) -> None:
         self.ring, self.jobs, self.results = ring, jobs, results
@@ -186,7 +188,7 @@ class Worker:
 
     # -- observer: outcomes go to the parent ----------------------------------------
     def before(self, item: Item, handler: str) -> None:
-        return None  # the parent fires on_before when the outcome arrives
+        return None
 
     def after(self, item: Item, handler: str, result: Result | None, error: BaseException | None) -> None:
         self.processed += 1
@@ -198,7 +200,7 @@ class Worker:
         words, base = self.progress
         words[base + CUR_PROCESSED] = self.processed
         words[base + CUR_ERRORS] = self.errors
-        words[base + CUR_POS] = item.token + 1
+        words[base + CUR_POS] = item.token + 1  # last: the counts above belong to this position
 
     def report(self, pos: int, handler: str, result: Result | None, error: BaseException | None) -> None:
         """Send one outcome to the parent; counts it as an error if it is (or becomes) one."""
