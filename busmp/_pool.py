@@ -188,7 +188,7 @@ class ProcessExecutor:
             if ticket is not None:
                 ticket.jobs += len(jobs)
             for job in jobs:
-                np.add.at(self._refs, job.slots, 1)
+                self._refs[job.slots] += 1  # a job names each slot once
             idle = arr[self._refs[arr] == 0]
             woken: set[int] = set()
             for job in jobs:

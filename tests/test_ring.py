@@ -109,11 +109,11 @@ def test_slot_size_below_the_minimum_is_refused():
         SlotRing.create(4, SLOT_HEADER_SIZE + 32)
 
 
-def test_free_list_is_fifo_so_slots_rotate_like_a_ring(ring):
+def test_free_list_is_a_stack_so_warm_slots_are_reused_first(ring):
     taken = [ring.take(1) for _ in range(8)]
     assert taken == list(range(8)) and ring.free_events == 0
     assert ring.release([5, 2]) == 2
-    assert [ring.take(1), ring.take(1)] == [5, 2]
+    assert [ring.take(1), ring.take(1)] == [2, 5]
 
 
 def test_room_is_counted_in_events_and_drop_oldest_eats_a_chunk_from_the_front(ring):
