@@ -150,13 +150,7 @@ class EventStore:
         encoded = self._encode(event, ctx)
         with self._lock:
             self._check_open()
-            ring = self._ring
-            if ring.free_events < 1:
-                self._reserve(1, ctx, timeout)
-            slot = ring.take(1)
-            self._write(slot, encoded)
-            ring.pending.append(slot)
-            self._published += 1
+            self._enqueue(encoded, ctx, timeout)
 
     def subscribe_many(self, events: Iterable[Event], ctx: Context | None = None, *,
                        timeout: float | None = None) -> int:
@@ -173,24 +167,18 @@ class EventStore:
         accepted = 0
         with self._lock:
             self._check_open()
-            ring = self._ring
             for chunk, members in chunks:
                 pieces = [chunk]
-                if ring.free_events < chunk[4] and self._policy is not OverrunPolicy.DROP_OLDEST:
+                if self._ring.free_events < chunk[4] and self._policy is not OverrunPolicy.DROP_OLDEST:
                     pieces = [self._encode(event, ctx) for event in members]  # as many as fit
                 for piece in pieces:
                     try:
-                        self._reserve(piece[4], ctx, timeout)
+                        self._enqueue(piece, ctx, timeout)
                     except (BufferFull, TimeoutError):
                         if accepted == 0:
                             raise
-                        self._published += accepted
                         return accepted
-                    slot = ring.take(piece[4])
-                    self._write(slot, piece)
-                    ring.pending.append(slot)
                     accepted += piece[4]
-            self._published += accepted
         return accepted
 
     def _encode_chunks(self, events: list[Event], ctx: Context | None) -> list[tuple[Encoded, list[Event]]]:
@@ -211,7 +199,11 @@ class EventStore:
                                            else self._encode_chunk(members, ctx))
                 per_event = max(1, len(payload) // len(members))
                 size = max(1, min(CHUNK_MAX, self._ring.slot_count, fits // per_event))
-                if len(payload) <= self._ring.capacity or len(members) == 1 or buffers:
+                if buffers:
+                    # Large buffers gain nothing from sharing a slot, and a reader that must hold
+                    # several at once pays fresh pages for them: big events travel one by one.
+                    fits = size = 1
+                if len(members) == 1 or (len(payload) <= self._ring.capacity and not buffers):
                     break
                 j = i + min(size, len(members) - 1)  # too big for a slot: fewer events
             chunks.append(((payload, flags, route, buffers, len(members)), members))
@@ -248,11 +240,8 @@ class EventStore:
         self._check_open()
         encoded = self._encode(event, ctx, attempts)
         with self._lock:
-            self._reserve(1, ctx, None)
-            slot = self._ring.take(1)
-            self._write(slot, encoded)
-            self._ring.pending.append(slot)
-            self._published += 1
+            self._check_open()
+            self._enqueue(encoded, ctx, None)
 
     def _encode(self, event: Event, ctx: Context | None, attempts: int = 0) -> Encoded:
         self._check_event(event, ctx)
@@ -274,6 +263,14 @@ class EventStore:
         if ctx is not None and not isinstance(ctx, Context):
             raise TypeError(f"ctx must be a busmp.Context or None, got {type(ctx).__name__}")
 
+    def _enqueue(self, encoded: Encoded, ctx: Context | None, timeout: float | None) -> None:
+        """Make room (per policy), write one slot, append it to the pending list. Under the lock."""
+        self._reserve(encoded[4], ctx, timeout)
+        slot = self._ring.take(encoded[4])
+        self._write(slot, encoded)
+        self._ring.pending.append(slot)
+        self._published += encoded[4]
+
     def _write(self, slot: int, encoded: Encoded) -> None:
         """Write a slot; its sequence number is that of its first event."""
         payload, flags, route, buffers, events = encoded
@@ -284,6 +281,8 @@ class EventStore:
     def _reserve(self, count: int, ctx: Context | None, timeout: float | None) -> None:
         """Make room for ``count`` events (all or none), applying the overrun policy. Under the lock."""
         ring = self._ring
+        if ring.free_events >= count:
+            return
         if count > ring.slot_count:
             raise BufferFull(f"{count} events cannot fit a ring of {ring.slot_count} slots; "
                              "raise buffer_size or commit smaller groups")
