@@ -53,6 +53,7 @@ log = logging.getLogger("busmp")
 DEFAULT_START_METHOD = "forkserver" if sys.platform.startswith("linux") else "spawn"
 MAX_JOB = 256             # events per job: small enough to balance, big enough to amortise
 JOBS_PER_WORKER = 16      # a publish is cut into at least this many jobs per worker (balance)
+SMALL_PUBLISH = 16        # up to this many slots, a publish is planned in plain Python
 EARLY_DEATHS_ALLOWED = 3  # workers that die before starting, in a row, before we give up
 CRASH_HANDLER = "busmp.worker"
 
@@ -187,9 +188,11 @@ class ProcessExecutor:
             jobs = self._plan(arr, routes, ticket)
             if ticket is not None:
                 ticket.jobs += len(jobs)
+            covered = 0
             for job in jobs:
                 self._refs[job.slots] += 1  # a job names each slot once
-            idle = arr[self._refs[arr] == 0]
+                covered += len(job.entries)
+            idle = arr[self._refs[arr] == 0] if covered < len(arr) or routes.batches else arr[:0]
             woken: set[int] = set()
             for job in jobs:
                 handle = self._handles[job.worker]
@@ -205,6 +208,8 @@ class ProcessExecutor:
 
     def _plan(self, slots: np.ndarray, routes: Routes, ticket: Ticket | None) -> list[Job]:
         """Cut slots into EVENTS jobs (per-event handlers) and BATCH jobs (batch handlers)."""
+        if len(slots) <= SMALL_PUBLISH and not routes.batches:
+            return self._plan_small(slots.tolist(), routes, ticket)
         ring = self._ring
         starts = np.fromiter((ring.first[s] for s in slots.tolist()), np.int64, len(slots))
         sizes = np.fromiter((ring.live[s] for s in slots.tolist()), np.int64, len(slots))
@@ -223,6 +228,20 @@ class ProcessExecutor:
                 for group in _cut_exact(mine, route.size):
                     jobs.append(Job(self._new_job_id(), order[len(jobs) % len(order)], BATCH, group, ticket, (key, r)))
         return jobs
+
+    def _plan_small(self, slots: list[int], routes: Routes, ticket: Ticket | None) -> list[Job]:
+        """A publish of a few events, planned without numpy: what an idle bus waits for."""
+        ring, wanted = self._ring, _handler_hash_set(routes)
+        rows = []
+        for slot in slots:
+            seq, route = ring.seq_and_route(slot)
+            if route in wanted:
+                rows.append((slot, seq, ring.first[slot], ring.first[slot] + ring.live[slot]))
+        order = sorted(range(self.workers), key=lambda i: self._handles[i].queued)
+        parts = 1 if ticket is not None else min(len(order), len(rows))  # a group stays in order
+        size = -(-len(rows) // parts) if rows else 0
+        return [Job(self._new_job_id(), order[n], EVENTS, np.array(rows[n * size:(n + 1) * size], dtype=np.int64), ticket)
+                for n in range(parts) if rows[n * size:(n + 1) * size]]
 
     def _job_size(self, events: int, ticket: Ticket | None) -> int:
         if ticket is not None:
@@ -515,6 +534,14 @@ def _matches_any(values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
         matched: np.ndarray = (values[:, None] == wanted[None, :]).any(axis=1)
         return matched
     return np.isin(values, wanted)
+
+
+def _handler_hash_set(routes: Routes) -> frozenset[int]:
+    cached = getattr(routes, "_hash_set", None)
+    if cached is None:
+        cached = frozenset(_handler_hashes(routes).tolist())
+        routes._hash_set = cached  # type: ignore[attr-defined]
+    return cached
 
 
 def _handler_hashes(routes: Routes) -> np.ndarray:

@@ -179,7 +179,11 @@ class SlotRing:
             return self._read_spilled(slot, bytes(payload), flags & ~FLAG_OVERFLOW)
         return payload, flags, []
     def seq_of(self, slot: int) -> int:
-        return int(SLOT_HEADER.unpack_from(self._buf, self.slot_offset(slot))[0])
+        return self.seq_and_route(slot)[0]
+
+    def seq_and_route(self, slot: int) -> tuple[int, int]:
+        seq, route, _, _ = SLOT_HEADER.unpack_from(self._buf, self.slot_offset(slot))
+        return seq, route
 
     def routes(self, slots: np.ndarray) -> np.ndarray:
         """The route words of ``slots``, read in one vectorised gather."""
