@@ -81,6 +81,34 @@ def check_busmp_processed(store: Any, before: int | None, expected: int) -> None
         raise Mismatch(f"busmp handled {after - before} of {expected} events")
 
 
+def time_busmp_round(projection: str, handler: Any, payloads: list[Any], warm_up: list[Any],
+                     **store_options: Any) -> float:
+    """One busmp contender run: a store built and warmed up with ``warm_up`` (untimed), then
+    ``subscribe_many`` + ``publish`` + ``flush`` of one event per payload, timed and checked."""
+    busmp = load_busmp()
+    d = busmp.Dispatcher()
+    d.register(projection, handler)
+    events = [busmp.Event(projection, p) for p in payloads]
+    store = None
+    try:
+        store = busmp_store(busmp, d, **store_options)
+        store.subscribe_many(busmp.Event(projection, p) for p in warm_up)
+        store.publish()
+        store.flush(timeout=WAIT_TIMEOUT)
+        before = busmp_processed(store)
+        t0 = time.perf_counter()
+        accepted = store.subscribe_many(events)
+        store.publish()
+        store.flush(timeout=WAIT_TIMEOUT)
+        dt = time.perf_counter() - t0
+        if accepted != len(events):
+            raise Mismatch(f"busmp subscribe_many accepted {accepted} of {len(events)}")
+        check_busmp_processed(store, before, len(events))
+        return dt
+    finally:
+        close_busmp_store(store)
+
+
 # --------------------------------------------------------------------------- time limits
 
 

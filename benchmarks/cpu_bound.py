@@ -43,28 +43,7 @@ def serial() -> float:
 
 
 def _busmp() -> float:
-    busmp = _common.load_busmp()
-    d = busmp.Dispatcher()
-    d.register("cpu", _handlers.burn_handler)
-    events = [busmp.Event("cpu", LOOPS) for _ in range(CALLS)]
-    store = None
-    try:
-        store = _common.busmp_store(busmp, d, workers=WORKERS)
-        store.subscribe(busmp.Event("cpu", 1))
-        store.publish()
-        store.flush(timeout=_common.WAIT_TIMEOUT)
-        before = _common.busmp_processed(store)
-        t0 = time.perf_counter()
-        accepted = store.subscribe_many(events)
-        store.publish()
-        store.flush(timeout=_common.WAIT_TIMEOUT)
-        dt = time.perf_counter() - t0
-        if accepted != CALLS:
-            raise _common.Mismatch(f"busmp subscribe_many accepted {accepted} of {CALLS}")
-        _common.check_busmp_processed(store, before, CALLS)
-        return dt
-    finally:
-        _common.close_busmp_store(store)
+    return _common.time_busmp_round("cpu", _handlers.burn_handler, [LOOPS] * CALLS, [1], workers=WORKERS)
 
 
 def _pool(chunksize: int) -> Any:

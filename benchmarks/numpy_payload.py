@@ -38,33 +38,11 @@ def arrays() -> list[Any]:
 
 
 def _busmp() -> float:
-    busmp = _common.load_busmp()
-    d = busmp.Dispatcher()
-    d.register("arr", _handlers.touch_handler)
-    events = [busmp.Event("arr", a) for a in arrays()]
-    store = None
-    try:
-        store = _common.busmp_store(busmp, d, workers=WORKERS)
-        store.subscribe_many(events)  # warm-up: one full round, so both sides run in steady state
-        store.publish()
-        store.flush(timeout=_common.WAIT_TIMEOUT)
-        before = _common.busmp_processed(store)
-        t0 = time.perf_counter()
-        accepted = store.subscribe_many(events)
-        store.publish()
-        store.flush(timeout=_common.WAIT_TIMEOUT)
-        dt = time.perf_counter() - t0
-        if accepted != COUNT:
-            raise _common.Mismatch(f"busmp subscribe_many accepted {accepted} of {COUNT}")
-        _common.check_busmp_processed(store, before, COUNT)
-        return dt
-    finally:
-        _common.close_busmp_store(store)
+    # warm-up: one full round, so both sides run in steady state
+    return _common.time_busmp_round("arr", _handlers.touch_handler, arrays(), arrays(), workers=WORKERS)
 
 
 def mp_queue() -> float:
-    import numpy as np
-
     data = arrays()
     q: Any = multiprocessing.Queue()
     done: Any = multiprocessing.Queue()

@@ -42,28 +42,8 @@ def items() -> list[dict[str, Any]]:
 
 
 def _busmp() -> float:
-    busmp = _common.load_busmp()
-    d = busmp.Dispatcher()
-    d.register("p", _handlers.noop_handler)
-    events = [busmp.Event("p", it) for it in items()]
-    store = None
-    try:
-        store = _common.busmp_store(busmp, d, buffer_size=1 << 18, workers=WORKERS)
-        store.subscribe(busmp.Event("p", {"i": -1, "name": "warm-up"}))
-        store.publish()
-        store.flush(timeout=_common.WAIT_TIMEOUT)
-        before = _common.busmp_processed(store)
-        t0 = time.perf_counter()
-        accepted = store.subscribe_many(events)
-        store.publish()
-        store.flush(timeout=_common.WAIT_TIMEOUT)
-        dt = time.perf_counter() - t0
-        if accepted != N:
-            raise _common.Mismatch(f"busmp subscribe_many accepted {accepted} of {N}")
-        _common.check_busmp_processed(store, before, N)
-        return dt
-    finally:
-        _common.close_busmp_store(store)
+    return _common.time_busmp_round("p", _handlers.noop_handler, items(), [{"i": -1, "name": "warm-up"}],
+                                    buffer_size=1 << 18, workers=WORKERS)
 
 
 def _queue_run(make_queue: Any, consumer: Any, put: Any, get: Any) -> float:

@@ -30,7 +30,7 @@ from ._protocol import (
     BATCH, BATCH_HEAD, CUR_ERRORS, CUR_JOB, CUR_POS, CUR_PROCESSED, DONE, DONE_REC, EMIT, EMIT_HEAD,
     EVENTS, HANDLED, JOB_HEAD, OUTCOME, OUTCOME_HEAD, PID, ROUTES, ROUTES_HEAD, STOP, unpack_entries,
 )
-from ._ring import SPIN_ALLOWED, CorruptSlot, SlotRing
+from ._ring import SPIN_ALLOWED, SlotRing
 
 __all__ = ["worker_main", "Worker"]
 

@@ -24,6 +24,12 @@ def busmp_threads() -> set[str]:
     return {t.name for t in threading.enumerate() if t.name.startswith("busmp-")}
 
 
+@pytest.fixture(params=["fork", "forkserver", "spawn"])
+def start_method(request):
+    """Worker-mode specifications hold under every start method."""
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def no_leaks():
     """Fail a test that leaves a busmp shared-memory block or thread behind."""

@@ -6,7 +6,6 @@ functions (importable by every start method) unless a test is about lambdas and 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import threading
@@ -20,34 +19,12 @@ from busmp import (
     Context, DeadLetterQueue, Dispatcher, Event, EventStore, Result, with_retry,
 )
 
+from support import make_store, running
+
 pytestmark = pytest.mark.timeout(60)
 
 FLUSH = 20.0  # seconds: a hang fails the test instead of blocking the run
 SHM = "/dev/shm"
-
-
-@pytest.fixture(params=["fork", "forkserver", "spawn"])
-def start_method(request):
-    return request.param
-
-
-def make_store(dispatcher, start_method, workers=2, **kw):
-    return EventStore(dispatcher, 1 << 8, workers=workers, dlq=DeadLetterQueue(),
-                      start_method=start_method, **kw)
-
-
-@contextlib.contextmanager
-def running(store):
-    """``with store:`` but with a deadline on the final drain, so a hang fails the test."""
-    try:
-        yield store
-    except BaseException:
-        try:
-            store.drain(timeout=2)
-        except TimeoutError:
-            pass  # the original failure is the one to report
-        raise
-    store.drain(timeout=FLUSH)
 
 
 def record_after(store):

@@ -6,7 +6,6 @@ Every test runs under the three start methods and has a deadline (the module tim
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import faulthandler
 import os
@@ -21,37 +20,15 @@ import psutil
 import pytest
 
 from busmp import (
-    DeadLetterQueue, Dispatcher, Event, EventStore, HandlerPanic, RemoteError, Result, WorkerCrashed,
+    Dispatcher, Event, HandlerPanic, RemoteError, Result, WorkerCrashed,
 )
+
+from support import make_store, running
 
 pytestmark = pytest.mark.timeout(60)
 
 FLUSH = 10.0
 SHM = "/dev/shm"
-
-
-@pytest.fixture(params=["fork", "forkserver", "spawn"])
-def start_method(request):
-    return request.param
-
-
-def make_store(dispatcher, start_method, workers=2, **kw):
-    return EventStore(dispatcher, 1 << 9, workers=workers, dlq=DeadLetterQueue(),
-                      start_method=start_method, **kw)
-
-
-@contextlib.contextmanager
-def running(store):
-    """``with store:`` but with a deadline on the final drain, so a hang fails the test."""
-    try:
-        yield store
-    except BaseException:
-        try:
-            store.drain(timeout=2)
-        except TimeoutError:
-            pass  # the original failure is the one to report
-        raise
-    store.drain(timeout=FLUSH)
 
 
 def record_after(store):
