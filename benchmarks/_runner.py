@@ -331,11 +331,11 @@ def render_plot(results: list[WorkloadResult], path: Path) -> str:
                       ("tab:gray" if c.name == wl.BASELINE else "tab:blue") for c, _ in rows]
             ax.barh(names, med, xerr=err, color=colors, capsize=3)
             what = f"p50 {wl.UNIT} (lower is better)" if wl.KIND == "latency" else f"{wl.UNIT} (higher is better)"
-            ax.set_title(f"{wl.NAME}: {what}", fontsize=10, loc="left")
+            log = max(med) > 100 * min(med) > 0
+            ax.set_title(f"{wl.NAME}: {what}{', log scale' if log else ''}", fontsize=10, loc="left")
             ax.tick_params(axis="y", labelsize=8)
-            if max(med) > 100 * min(med) > 0:
+            if log:
                 ax.set_xscale("log")
-                ax.set_title(ax.get_title() + ", log scale", fontsize=10, loc="left")
             else:
                 ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
         fig.tight_layout()
