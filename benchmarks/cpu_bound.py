@@ -79,24 +79,7 @@ def loky_map() -> float:
 
 
 def mpire_imap() -> float:
-    mpire = _common.optional_import("mpire")
-    pool = mpire.WorkerPool(n_jobs=WORKERS, keep_alive=True)
-    ok = False
-    try:
-        # warm-up with the same call as the timed one (mpire's keep_alive workers keep the map mode)
-        list(pool.imap_unordered(_handlers.burn, [1] * (4 * WORKERS), chunk_size=1))
-        t0 = time.perf_counter()
-        n = sum(1 for _ in pool.imap_unordered(_handlers.burn, [LOOPS] * CALLS, chunk_size=1))
-        dt = time.perf_counter() - t0
-        ok = True
-    finally:
-        if ok:
-            pool.stop_and_join()
-        else:
-            pool.terminate()
-    if n != CALLS:
-        raise _common.Mismatch(f"{n} of {CALLS} results")
-    return dt
+    return _common.time_mpire_round(WORKERS, _handlers.burn, [1] * (4 * WORKERS), [LOOPS] * CALLS, 1)
 
 
 def contenders() -> list[tuple[Any, ...]]:

@@ -135,25 +135,8 @@ def loky_map() -> float:
 
 
 def mpire_imap() -> float:
-    mpire = _common.optional_import("mpire")
     data = [(it,) for it in items()]  # mpire unpacks dict items as kwargs; a 1-tuple passes it whole
-    pool = mpire.WorkerPool(n_jobs=WORKERS, keep_alive=True)
-    ok = False
-    try:
-        # warm-up with the same call as the timed one (mpire's keep_alive workers keep the map mode)
-        list(pool.imap_unordered(_handlers.noop, [(k,) for k in range(4 * WORKERS)], chunk_size=1))
-        t0 = time.perf_counter()
-        n = sum(1 for _ in pool.imap_unordered(_handlers.noop, data, chunk_size=CHUNK))
-        dt = time.perf_counter() - t0
-        ok = True
-    finally:
-        if ok:
-            pool.stop_and_join()
-        else:
-            pool.terminate()
-    if n != N:
-        raise _common.Mismatch(f"{n} of {N} results")
-    return dt
+    return _common.time_mpire_round(WORKERS, _handlers.noop, [(k,) for k in range(4 * WORKERS)], data, CHUNK)
 
 
 def contenders() -> list[tuple[Any, ...]]:
