@@ -76,6 +76,7 @@ class EventStore:
         self._middleware: tuple[Middleware, ...] = ()
         self._config_version = 0
         self._routes: tuple[tuple[int, int], Routes] | None = None
+        self._last_read: tuple[tuple[int, int | None], tuple[list[Event], Context, int]] | None = None
         self._scheduler = Scheduler(self._fire_timer, name=f"busmp-scheduler-{prefix}")
         try:
             self._executor: Executor = self._make_executor(workers, start_method, prefix)
@@ -356,13 +357,24 @@ class EventStore:
             self._room.notify_all()
         return events, (item for raw in raws for item in self._items_from(*raw, ticket))
 
-    def _decode(self, slot: int, start: int, stop: int, ticket: Ticket | None, seq: int | None = None) -> list[Item]:
-        """Events ``start:stop`` of a slot, as pipeline items."""
+    def _read_slot(self, slot: int, seq: int | None = None) -> tuple[list[Event], Context, int]:
+        """What a slot holds, decoded; an undecodable slot reads as placeholder events.
+
+        Worker mode reads each reported-on slot once, however many of its events have
+        outcomes, and no dead letter is made here: the outcome being settled is the record.
+        """
+        key = (slot, seq)
+        if self._last_read is not None and self._last_read[0] == key and seq is not None:
+            return self._last_read[1]
+        payload: Any = b""
         try:
             payload, flags, buffers = self._ring.read(slot, seq)
-        except Exception as exc:
-            return self._items_from(b"", -1, [exc], start, stop, ticket)
-        return self._items_from(payload, flags, buffers, start, stop, ticket)
+            events, ctx, attempts = decode_events(payload, flags, buffers)
+            decoded = (events, ctx if ctx is not None else BACKGROUND, attempts)
+        except Exception:
+            decoded = ([Event(UNDECODABLE, bytes(payload))] * CHUNK_MAX, BACKGROUND, 0)
+        self._last_read = (key, decoded)
+        return decoded
 
     def _items_from(self, payload: Any, flags: int, buffers: list[Any], start: int, stop: int,
                     ticket: Ticket | None) -> list[Item]:
@@ -372,21 +384,23 @@ class EventStore:
                 raise buffers[0]
             events, ctx, attempts = decode_events(payload, flags, buffers)
         except Exception as exc:
-            # Charged to these events alone: dead letters that carry what the slot held.
-            return [self._undecodable(bytes(payload), exc, ticket) for _ in range(start, stop)]
+            # Charged to these events alone, as a failed invocation each, as in a worker.
+            for _ in range(start, stop):
+                self._undecodable(bytes(payload), exc, ticket)
+            return []
         ctx = ctx if ctx is not None else BACKGROUND
         return [Item(event, ctx, attempts, ticket) for event in events[start:stop]]
 
-    def _undecodable(self, raw: bytes, error: Exception, ticket: Ticket | None) -> Item:
-        event = Event(UNDECODABLE, raw)
-        self.accounting.dead_letter(event, error, 1, "busmp.codec.decode_event")
+    def _undecodable(self, raw: bytes, error: Exception, ticket: Ticket | None) -> None:
+        self.accounting.count(1, 1)
+        self.accounting.dead_letter(Event(UNDECODABLE, raw), error, 1, "busmp.codec.decode_event")
         if ticket is not None:
             ticket.errors.append(error)
-        return Item(event, BACKGROUND, 0, None)
 
     def item_at(self, slot: int, seq: int, index: int, ticket: Ticket | None) -> Item:
         """Worker mode: event ``index`` of a slot a worker reported on, decoded again here for hooks and DLQ."""
-        return self._decode(slot, index, index + 1, ticket, seq)[0]
+        events, ctx, attempts = self._read_slot(slot, seq)
+        return Item(events[index], ctx, attempts, ticket)
 
     def release(self, slots: Any) -> None:
         """Worker mode: these slots' events are fully handled; reuse the slots."""
@@ -458,8 +472,9 @@ class EventStore:
         with self._lock:
             ring = self._ring
             for slot in ring.take_pending():
-                for item in self._decode(slot, ring.first[slot], ring.first[slot] + ring.live[slot], None):
-                    self._dead_on_close(item.event, "never published")
+                events = self._read_slot(slot)[0]
+                for event in events[ring.first[slot]: ring.first[slot] + ring.live[slot]]:
+                    self._dead_on_close(event, "never published")
             self._closed = True
             self._room.notify_all()
         self._executor.shutdown(timeout)

@@ -73,3 +73,38 @@ def test_flush_inside_a_hook_is_refused_instead_of_deadlocking(workers):
         store.publish()
         store.flush(timeout=10)
     assert len(refused) == 1 and "hook" in str(refused[0])
+
+
+def _refuse_to_load():
+    raise RuntimeError("cannot be rebuilt here")
+
+
+class RefusesToLoad:
+    """Pickles fine, fails to unpickle: an event no reader can decode."""
+
+    def __reduce__(self):
+        return (_refuse_to_load, ())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_undecodable_event_is_one_dead_letter_and_the_rest_go_on(workers):
+    from busmp import DeadLetterQueue
+
+    d = Dispatcher()
+    seen: list[int] = []
+    d.register("p", lambda ctx, ev: seen.append(ev.data))
+    with EventStore(d, 64, workers=workers, start_method="fork", dlq=DeadLetterQueue()) as store:
+        store.subscribe(Event("p", 1))
+        store.subscribe(Event("p", RefusesToLoad(), id="bad"))
+        store.subscribe(Event("p", 2))
+        store.publish()
+        store.flush(timeout=10)
+        letters = store.dlq.entries()
+        assert len(letters) == 1
+        assert letters[0].handler == "busmp.codec.decode_event"
+        assert "cannot be rebuilt here" in str(letters[0].error)
+        assert letters[0].event.projection == "busmp.undecodable"
+        assert store.metrics().errors == 1
+    if workers == 0:
+        assert seen == [1, 2]
