@@ -33,6 +33,7 @@ from ._accounting import Accounting
 from ._channel import Channel
 from ._codec import decode_event
 from ._dispatch import Routes
+from ._encoding import Encoded
 from ._errors import BusError, RemoteError, StoreClosed, WorkerCrashed
 from ._event import Event
 from ._pipeline import Item, Ticket
@@ -65,7 +66,7 @@ class PoolHost(Protocol):
     def item_at(self, slot: int, seq: int, index: int, ticket: Ticket | None) -> Item: ...
     def release(self, slots: np.ndarray) -> None: ...
     def finished(self, count: int) -> None: ...
-    def place_followups(self, encoded: list[tuple[bytes, int, int, list[memoryview], int]]) -> list[int]: ...
+    def place_followups(self, encoded: list[Encoded]) -> list[int]: ...
     def count_followup(self) -> None: ...
 
 
@@ -132,7 +133,7 @@ class ProcessExecutor:
         self._jobs: dict[int, Job] = {}
         self._next_job = 1
         self._routes_cache: tuple[object, bytes] | None = None
-        self._backlog: deque[tuple[bytes, int, int, list[memoryview], int]] = deque()
+        self._backlog: deque[Encoded] = deque()  # follow-ups waiting for a free slot
         self._closing = False
         self._broken: str | None = None
         self._early_deaths = 0

@@ -18,10 +18,9 @@ from typing import Any
 
 from . import _shm
 from ._accounting import Accounting, AfterHook, BeforeHook, ErrorHook, inside_hook
-from ._codec import decode_events, encode_chunk, encode_event
-from ._dispatch import (
-    BatchHandler, BatchRoute, Dispatcher, Middleware, Routes, check_projection, handler_name, survives_pickling,
-)
+from ._codec import decode_events
+from ._dispatch import BatchHandler, BatchRoute, Dispatcher, Middleware, Routes, check_projection, handler_name
+from ._encoding import CHUNK_MAX, Encoded, encode_many, encode_one
 from ._dlq import DeadLetterQueue
 from ._errors import BufferFull, StoreClosed
 from ._event import BACKGROUND, Context, Event, current_emitter
@@ -38,10 +37,6 @@ __all__ = ["EventStore", "UNDECODABLE"]
 #: Projection of the placeholder event a dead letter carries when a slot could not be decoded.
 UNDECODABLE = "busmp.undecodable"
 NOT_DISPATCHED = "busmp.EventStore.drain"
-#: An encoded slot: payload, codec flags, route word, out-of-band buffers, number of events.
-Encoded = tuple[bytes, int, int, list[memoryview], int]
-CHUNK_START = 16   # events per chunk subscribe_many tries first; adapted to the slot size
-CHUNK_MAX = 256
 
 
 class EventStore:
@@ -148,7 +143,7 @@ class EventStore:
     def subscribe(self, event: Event, ctx: Context | None = None, *, timeout: float | None = None) -> None:
         """Enqueue ``event``; when the ring is full, the store's policy decides."""
         self._check_open()
-        encoded = self._encode(event, ctx)
+        encoded = encode_one(event, ctx)
         with self._lock:
             self._check_open()
             self._enqueue(encoded, ctx, timeout)
@@ -164,14 +159,14 @@ class EventStore:
         is raised only when not even the first one fits.
         """
         self._check_open()
-        chunks = self._encode_chunks(list(events), ctx)
+        chunks = encode_many(list(events), ctx, self._ring.capacity, self._ring.slot_count)
         accepted = 0
         with self._lock:
             self._check_open()
             for chunk, members in chunks:
                 pieces = [chunk]
                 if self._ring.free_events < chunk[4] and self._policy is not OverrunPolicy.DROP_OLDEST:
-                    pieces = [self._encode(event, ctx) for event in members]  # as many as fit
+                    pieces = [encode_one(event, ctx) for event in members]  # as many as fit
                 for piece in pieces:
                     try:
                         self._enqueue(piece, ctx, timeout)
@@ -182,87 +177,13 @@ class EventStore:
                     accepted += piece[4]
         return accepted
 
-    def _encode_chunks(self, events: list[Event], ctx: Context | None) -> list[tuple[Encoded, list[Event]]]:
-        """Check every event, then encode runs of one projection as chunks that fit a slot."""
-        routes = self._routes_of(events, ctx)
-        chunks: list[tuple[Encoded, list[Event]]] = []
-        size = min(CHUNK_START, self._ring.slot_count)
-        fits = self._ring.capacity * 7 // 8  # aim below the slot size: a spilled chunk costs a block
-        i = 0
-        while i < len(events):
-            route = routes[i]
-            j = i + 1
-            while j < len(events) and j - i < size and routes[j] == route:
-                j += 1
-            while True:
-                members = events[i:j]
-                payload, flags, buffers = (encode_event(members[0], ctx) if len(members) == 1
-                                           else self._encode_chunk(members, ctx))
-                per_event = max(1, len(payload) // len(members))
-                size = max(1, min(CHUNK_MAX, self._ring.slot_count, fits // per_event))
-                if buffers:
-                    # Large buffers gain nothing from sharing a slot, and a reader that must hold
-                    # several at once pays fresh pages for them: big events travel one by one.
-                    fits = size = 1
-                if len(members) == 1 or (len(payload) <= self._ring.capacity and not buffers):
-                    break
-                j = i + min(size, len(members) - 1)  # too big for a slot: fewer events
-            chunks.append(((payload, flags, route, buffers, len(members)), members))
-            i = j
-        return chunks
-
-    def _routes_of(self, events: list[Event], ctx: Context | None) -> list[int]:
-        """The route word (projection hash) of each event, checking each on the way."""
-        if ctx is not None and not isinstance(ctx, Context):
-            raise TypeError(f"ctx must be a busmp.Context or None, got {type(ctx).__name__}")
-        routes = []
-        for event in events:
-            try:
-                projection = event.projection
-                routes.append(hash(projection))
-                if type(event) is not Event or type(projection).__eq__ is object.__eq__:
-                    self._check_event(event, ctx)
-            except (TypeError, AttributeError):
-                self._check_event(event, ctx)  # raises the error that names the problem
-                raise
-        return routes
-
-    @staticmethod
-    def _encode_chunk(members: list[Event], ctx: Context | None) -> tuple[bytes, int, list[memoryview]]:
-        try:
-            return encode_chunk(members, ctx)
-        except Exception:
-            for event in members:  # find the culprit, for an error that names it
-                encode_event(event, ctx)
-            raise
-
     def _resubscribe(self, event: Event, ctx: Context | None, attempts: int) -> None:
         """``subscribe`` for a dead letter's replay: its earlier attempts travel with it."""
         self._check_open()
-        encoded = self._encode(event, ctx, attempts)
+        encoded = encode_one(event, ctx, attempts)
         with self._lock:
             self._check_open()
             self._enqueue(encoded, ctx, None)
-
-    def _encode(self, event: Event, ctx: Context | None, attempts: int = 0) -> Encoded:
-        self._check_event(event, ctx)
-        payload, flags, buffers = encode_event(event, ctx, attempts)
-        return payload, flags, hash(event.projection), buffers, 1
-
-    @staticmethod
-    def _check_event(event: Event, ctx: Context | None) -> None:
-        if not isinstance(event, Event):
-            raise TypeError(f"expected an Event, got {type(event).__name__} {event!r}")
-        projection = event.projection
-        try:
-            hash(projection)
-            routable = type(projection).__eq__ is not object.__eq__ or survives_pickling(projection)
-        except TypeError:
-            routable = False
-        if not routable:
-            check_projection(projection, f"event {event!r} has projection")
-        if ctx is not None and not isinstance(ctx, Context):
-            raise TypeError(f"ctx must be a busmp.Context or None, got {type(ctx).__name__}")
 
     def _enqueue(self, encoded: Encoded, ctx: Context | None, timeout: float | None) -> None:
         """Make room (per policy), write one slot, append it to the pending list. Under the lock."""
@@ -319,7 +240,7 @@ class EventStore:
                  on_enqueued: Callable[[], None] | None = None, timeout: float | None = None) -> None:
         """Enqueue ``events`` all or nothing and handle exactly them, in order, before returning."""
         self._check_open()
-        encoded = [self._encode(event, ctx) for event in events]
+        encoded = [encode_one(event, ctx) for event in events]
         if not encoded:
             return
         ticket = Ticket()
@@ -429,7 +350,7 @@ class EventStore:
 
     def accept_followup(self, event: Event, ctx: Context | None) -> None:
         """A handler's ``ctx.emit(event)``: counted as published and as work in flight."""
-        self._encode(event, ctx)  # reject what could not travel to a worker, in every mode
+        encode_one(event, ctx)  # reject what could not travel to a worker, in every mode
         self.count_followup()
 
     def finished(self, count: int) -> None:
@@ -502,7 +423,7 @@ class EventStore:
     def schedule(self, when: datetime | float, event: Event, ctx: Context | None = None) -> Timer | None:
         """Handle ``event`` at ``when``: now (returning ``None``) if that is not in the future."""
         at = to_timestamp(when)
-        self._encode(event, ctx)  # bad input fails now, not in the timer thread
+        encode_one(event, ctx)  # bad input fails now, not in the timer thread
         if at <= time.time():
             self._run_now([event], ctx, raise_first=False)
             return None

@@ -1,0 +1,104 @@
+"""From the events a producer hands in to slot contents: checked, encoded, packed.
+
+Every event is checked before anything is enqueued (an ``Event``, a hashable projection that
+survives pickling, a ``Context`` or ``None``), so a bad one leaves the store unchanged.
+``subscribe`` encodes one event per slot; ``subscribe_many`` packs runs of one projection into
+*chunks*, one pickle per slot, sized from the pickle of the run before so that a chunk fits its
+slot (a chunk that spills would cost a block of its own).
+"""
+
+from __future__ import annotations
+
+from ._codec import encode_chunk, encode_event
+from ._dispatch import check_projection, survives_pickling
+from ._event import Context, Event
+
+__all__ = ["Encoded", "CHUNK_START", "CHUNK_MAX", "check_event", "encode_one", "encode_many"]
+
+#: An encoded slot: payload, codec flags, route word, out-of-band buffers, number of events.
+Encoded = tuple[bytes, int, int, list[memoryview], int]
+CHUNK_START = 16   # events per chunk subscribe_many tries first; adapted to the slot size
+CHUNK_MAX = 256
+
+
+def check_event(event: Event, ctx: Context | None) -> None:
+    """Raise ``TypeError`` naming the problem if ``event`` (with ``ctx``) cannot be enqueued."""
+    if not isinstance(event, Event):
+        raise TypeError(f"expected an Event, got {type(event).__name__} {event!r}")
+    projection = event.projection
+    try:
+        hash(projection)
+        routable = type(projection).__eq__ is not object.__eq__ or survives_pickling(projection)
+    except TypeError:
+        routable = False
+    if not routable:
+        check_projection(projection, f"event {event!r} has projection")
+    _check_ctx(ctx)
+
+
+def encode_one(event: Event, ctx: Context | None, attempts: int = 0) -> Encoded:
+    check_event(event, ctx)
+    payload, flags, buffers = encode_event(event, ctx, attempts)
+    return payload, flags, hash(event.projection), buffers, 1
+
+
+def encode_many(events: list[Event], ctx: Context | None, capacity: int, max_events: int
+                ) -> list[tuple[Encoded, list[Event]]]:
+    """Check every event, then encode runs of one projection as chunks that fit ``capacity``
+    bytes and hold at most ``max_events``; each chunk comes with the events it holds."""
+    routes = _routes_of(events, ctx)
+    chunks: list[tuple[Encoded, list[Event]]] = []
+    size = min(CHUNK_START, max_events)
+    fits = capacity * 7 // 8  # aim below the slot size: a spilled chunk costs a block
+    i = 0
+    while i < len(events):
+        route = routes[i]
+        j = i + 1
+        while j < len(events) and j - i < size and routes[j] == route:
+            j += 1
+        while True:
+            members = events[i:j]
+            payload, flags, buffers = (encode_event(members[0], ctx) if len(members) == 1
+                                       else _encode_chunk(members, ctx))
+            per_event = max(1, len(payload) // len(members))
+            size = max(1, min(CHUNK_MAX, max_events, fits // per_event))
+            if buffers:
+                # Large buffers gain nothing from sharing a slot, and a reader that must hold
+                # several at once pays fresh pages for them: big events travel one by one.
+                fits = size = 1
+            if len(members) == 1 or (len(payload) <= capacity and not buffers):
+                break
+            j = i + min(size, len(members) - 1)  # too big for a slot: fewer events
+        chunks.append(((payload, flags, route, buffers, len(members)), members))
+        i = j
+    return chunks
+
+
+def _routes_of(events: list[Event], ctx: Context | None) -> list[int]:
+    """The route word (projection hash) of each event, checking each on the way."""
+    _check_ctx(ctx)
+    routes = []
+    for event in events:
+        try:
+            projection = event.projection
+            routes.append(hash(projection))
+            if type(event) is not Event or type(projection).__eq__ is object.__eq__:
+                check_event(event, ctx)
+        except (TypeError, AttributeError):
+            check_event(event, ctx)  # raises the error that names the problem
+            raise
+    return routes
+
+
+def _encode_chunk(members: list[Event], ctx: Context | None) -> tuple[bytes, int, list[memoryview]]:
+    try:
+        return encode_chunk(members, ctx)
+    except Exception:
+        for event in members:  # find the culprit, for an error that names it
+            encode_event(event, ctx)
+        raise
+
+
+def _check_ctx(ctx: Context | None) -> None:
+    if ctx is not None and not isinstance(ctx, Context):
+        raise TypeError(f"ctx must be a busmp.Context or None, got {type(ctx).__name__}")
