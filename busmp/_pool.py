@@ -35,10 +35,11 @@ from ._codec import decode_event
 from ._dispatch import Routes
 from ._encoding import Encoded
 from ._errors import BusError, RemoteError, StoreClosed, WorkerCrashed
+from ._jobs import Job, Planner
 from ._event import Event
 from ._pipeline import Item, Ticket
 from ._protocol import (
-    BATCH, BATCH_HEAD, CUR_ERRORS, CUR_JOB, CUR_POS, CUR_PROCESSED, DONE, DONE_REC, EMIT, EMIT_HEAD,
+    BATCH_HEAD, CUR_ERRORS, CUR_JOB, CUR_POS, CUR_PROCESSED, DONE, DONE_REC, EMIT, EMIT_HEAD,
     EVENTS, HANDLED, JOB_HEAD, OUTCOME, OUTCOME_HEAD, PID, ROUTES, ROUTES_HEAD, STOP, pack_entries,
 )
 from ._ring import SlotRing
@@ -52,9 +53,6 @@ log = logging.getLogger("busmp")
 #: process can deadlock the child; forkserver forks from a clean single-threaded server that
 #: has busmp and numpy preloaded, so workers start nearly as fast as with fork.
 DEFAULT_START_METHOD = "forkserver" if sys.platform.startswith("linux") else "spawn"
-MAX_JOB = 256             # events per job: small enough to balance, big enough to amortise
-JOBS_PER_WORKER = 16      # a publish is cut into at least this many jobs per worker (balance)
-SMALL_PUBLISH = 16        # up to this many slots, a publish is planned in plain Python
 EARLY_DEATHS_ALLOWED = 3  # workers that die before starting, in a row, before we give up
 CRASH_HANDLER = "busmp.worker"
 
@@ -68,40 +66,6 @@ class PoolHost(Protocol):
     def finished(self, count: int) -> None: ...
     def place_followups(self, encoded: list[Encoded]) -> list[int]: ...
     def count_followup(self) -> None: ...
-
-
-@dataclass(eq=False)
-class Job:
-    """Work for one worker: entries ``(slot, seq, start, stop)``, i.e. events start..stop-1
-    of each slot. Positions (``pos``) number the job's events 0..events-1 in order."""
-
-    id: int
-    worker: int
-    kind: int
-    entries: np.ndarray
-    ticket: Ticket | None = None
-    batch: tuple[int, int] = (0, 0)  # (projection index, route index) for BATCH jobs
-    events: int = 0
-    _ends: np.ndarray | None = None  # cumulative events per entry, when entries hold several
-
-    def __post_init__(self) -> None:
-        sizes = self.entries[:, 3] - self.entries[:, 2]
-        self.events = int(sizes.sum())
-        if self.events != len(self.entries):
-            self._ends = np.cumsum(sizes)
-
-    @property
-    def slots(self) -> np.ndarray:
-        return self.entries[:, 0]
-
-    def locate(self, pos: int) -> tuple[int, int, int]:
-        """The slot, its sequence number and the index within it of event ``pos``."""
-        if self._ends is None:
-            slot, seq, start, _ = self.entries[pos].tolist()
-            return slot, seq, start
-        row = int(np.searchsorted(self._ends, pos, side="right"))
-        slot, seq, start, stop = self.entries[row].tolist()
-        return slot, seq, stop - (int(self._ends[row]) - pos)
 
 
 @dataclass(eq=False)
@@ -130,6 +94,7 @@ class ProcessExecutor:
             self._ctx.set_forkserver_preload(["busmp._worker"])
         self._lock = threading.RLock()
         self._refs = np.zeros(ring.slot_count, dtype=np.int32)
+        self._planner = Planner(ring, workers)
         self._jobs: dict[int, Job] = {}
         self._next_job = 1
         self._routes_cache: tuple[object, bytes] | None = None
@@ -186,7 +151,7 @@ class ProcessExecutor:
             self._ring.counts["published"] += self._ring.live_events(slots)
             self._ring.sync_header()
             routes, key = self._host.routes_and_key()
-            jobs = self._plan(arr, routes, ticket)
+            jobs = self._planner.plan(arr, routes, ticket, [h.queued for h in self._handles])
             if ticket is not None:
                 ticket.jobs += len(jobs)
             covered = 0
@@ -206,52 +171,6 @@ class ProcessExecutor:
             self._host.release(idle)  # no handler wants these events
         if ticket is not None and ticket.jobs == 0:
             ticket.done.set()
-
-    def _plan(self, slots: np.ndarray, routes: Routes, ticket: Ticket | None) -> list[Job]:
-        """Cut slots into EVENTS jobs (per-event handlers) and BATCH jobs (batch handlers)."""
-        if len(slots) <= SMALL_PUBLISH and not routes.batches:
-            return self._plan_small(slots.tolist(), routes, ticket)
-        ring = self._ring
-        starts = np.fromiter((ring.first[s] for s in slots.tolist()), np.int64, len(slots))
-        sizes = np.fromiter((ring.live[s] for s in slots.tolist()), np.int64, len(slots))
-        entries = np.stack([slots, ring.seqs(slots), starts, starts + sizes], axis=1)
-        hashes = ring.routes(slots)
-        order = sorted(range(self.workers), key=lambda i: self._handles[i].queued)
-        if ticket is not None:
-            order = order[:1]  # a group runs on one worker, in order
-        jobs: list[Job] = []
-        handled = _matches_any(hashes, _handler_hashes(routes))
-        for group in _cut_whole(entries[handled], sizes[handled], self._job_size(int(sizes[handled].sum()), ticket)):
-            jobs.append(Job(self._new_job_id(), order[len(jobs) % len(order)], EVENTS, group, ticket))
-        for key, (projection, batch_routes) in enumerate(routes.batches.items()):
-            mine = entries[hashes == hash(projection)]
-            for r, route in enumerate(batch_routes):
-                for group in _cut_exact(mine, route.size):
-                    jobs.append(Job(self._new_job_id(), order[len(jobs) % len(order)], BATCH, group, ticket, (key, r)))
-        return jobs
-
-    def _plan_small(self, slots: list[int], routes: Routes, ticket: Ticket | None) -> list[Job]:
-        """A publish of a few events, planned without numpy: what an idle bus waits for."""
-        ring, wanted = self._ring, _handler_hash_set(routes)
-        rows = []
-        for slot in slots:
-            seq, route = ring.seq_and_route(slot)
-            if route in wanted:
-                rows.append((slot, seq, ring.first[slot], ring.first[slot] + ring.live[slot]))
-        order = sorted(range(self.workers), key=lambda i: self._handles[i].queued)
-        parts = 1 if ticket is not None else min(len(order), len(rows))  # a group stays in order
-        size = -(-len(rows) // parts) if rows else 0
-        return [Job(self._new_job_id(), order[n], EVENTS, np.array(rows[n * size:(n + 1) * size], dtype=np.int64), ticket)
-                for n in range(parts) if rows[n * size:(n + 1) * size]]
-
-    def _job_size(self, events: int, ticket: Ticket | None) -> int:
-        if ticket is not None:
-            return max(events, 1)  # one job: the group's order holds
-        return max(1, min(MAX_JOB, -(-events // (self.workers * JOBS_PER_WORKER))))
-
-    def _new_job_id(self) -> int:
-        self._next_job += 1
-        return self._next_job
 
     def _ship_routes(self, handle: WorkerHandle, routes: Routes, key: object) -> None:
         if handle.routes_key == key:
@@ -500,57 +419,6 @@ class ProcessExecutor:
         self._notify_w.close()
         os.close(self._stop_r)
         os.close(self._stop_w)
-
-
-def _cut_whole(entries: np.ndarray, sizes: np.ndarray, size: int) -> list[np.ndarray]:
-    """Consecutive groups of entries of about ``size`` events each; entries stay whole."""
-    if not len(entries):
-        return []
-    group_of = (np.cumsum(sizes) - 1) // size
-    return np.split(entries, np.flatnonzero(np.diff(group_of)) + 1)
-
-
-def _cut_exact(entries: np.ndarray, size: int) -> list[np.ndarray]:
-    """Groups of exactly ``size`` events (the last may be short), splitting entries as needed."""
-    groups: list[np.ndarray] = []
-    current: list[tuple[int, int, int, int]] = []
-    room = size
-    for slot, seq, start, stop in entries.tolist():
-        while start < stop:
-            take = min(room, stop - start)
-            current.append((slot, seq, start, start + take))
-            start += take
-            room -= take
-            if room == 0:
-                groups.append(np.array(current, dtype=np.int64))
-                current, room = [], size
-    if current:
-        groups.append(np.array(current, dtype=np.int64))
-    return groups
-
-
-def _matches_any(values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """``np.isin`` without its fixed cost for the usual case of a few projections."""
-    if len(wanted) <= 16:
-        matched: np.ndarray = (values[:, None] == wanted[None, :]).any(axis=1)
-        return matched
-    return np.isin(values, wanted)
-
-
-def _handler_hash_set(routes: Routes) -> frozenset[int]:
-    cached = getattr(routes, "_hash_set", None)
-    if cached is None:
-        cached = frozenset(_handler_hashes(routes).tolist())
-        routes._hash_set = cached  # type: ignore[attr-defined]
-    return cached
-
-
-def _handler_hashes(routes: Routes) -> np.ndarray:
-    cached = getattr(routes, "_hashes", None)
-    if cached is None:
-        cached = np.array([hash(p) for p, hs in routes.handlers.items() if hs], dtype=np.int64)
-        routes._hashes = cached  # type: ignore[attr-defined]
-    return cached
 
 
 def _stop_process(process: Any, deadline: float) -> None:

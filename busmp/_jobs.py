@@ -1,0 +1,169 @@
+"""Jobs: how the slots of one publish are cut into work for the workers.
+
+A job names entries ``(slot, seq, start, stop)``: events start..stop-1 of a slot (a slot holds
+one event or a chunk). EVENTS jobs run the per-event handlers and never split a slot; BATCH
+jobs hold exactly one batch call's events and split slots where a batch boundary falls. A
+group that must keep its order (a transaction, a scheduled event) becomes one job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._dispatch import Routes
+from ._pipeline import Ticket
+from ._protocol import BATCH, EVENTS
+from ._ring import SlotRing
+
+__all__ = ["Job", "Planner", "MAX_JOB", "JOBS_PER_WORKER", "SMALL_PUBLISH"]
+
+MAX_JOB = 256             # events per job: small enough to balance, big enough to amortise
+JOBS_PER_WORKER = 16      # a publish is cut into at least this many jobs per worker (balance)
+SMALL_PUBLISH = 16        # up to this many slots, a publish is planned in plain Python
+
+
+@dataclass(eq=False)
+class Job:
+    """Work for one worker: entries ``(slot, seq, start, stop)``, i.e. events start..stop-1
+    of each slot. Positions (``pos``) number the job's events 0..events-1 in order."""
+
+    id: int
+    worker: int
+    kind: int
+    entries: np.ndarray
+    ticket: Ticket | None = None
+    batch: tuple[int, int] = (0, 0)  # (projection index, route index) for BATCH jobs
+    events: int = 0
+    _ends: np.ndarray | None = None  # cumulative events per entry, when entries hold several
+
+    def __post_init__(self) -> None:
+        sizes = self.entries[:, 3] - self.entries[:, 2]
+        self.events = int(sizes.sum())
+        if self.events != len(self.entries):
+            self._ends = np.cumsum(sizes)
+
+    @property
+    def slots(self) -> np.ndarray:
+        return self.entries[:, 0]
+
+    def locate(self, pos: int) -> tuple[int, int, int]:
+        """The slot, its sequence number and the index within it of event ``pos``."""
+        if self._ends is None:
+            slot, seq, start, _ = self.entries[pos].tolist()
+            return slot, seq, start
+        row = int(np.searchsorted(self._ends, pos, side="right"))
+        slot, seq, start, stop = self.entries[row].tolist()
+        return slot, seq, stop - (int(self._ends[row]) - pos)
+
+
+class Planner:
+    """Turns the slots of one publish into jobs, spread over the workers."""
+
+    def __init__(self, ring: SlotRing, workers: int) -> None:
+        self._ring = ring
+        self.workers = workers
+        self._next_job = 0
+
+    def plan(self, slots: np.ndarray, routes: Routes, ticket: Ticket | None, queued: Sequence[int]) -> list[Job]:
+        """Cut slots into EVENTS jobs (per-event handlers) and BATCH jobs (batch handlers);
+        ``queued`` is how many events each worker still has, for balance."""
+        if len(slots) <= SMALL_PUBLISH and not routes.batches:
+            return self._plan_small(slots.tolist(), routes, ticket, queued)
+        ring = self._ring
+        starts = np.fromiter((ring.first[s] for s in slots.tolist()), np.int64, len(slots))
+        sizes = np.fromiter((ring.live[s] for s in slots.tolist()), np.int64, len(slots))
+        entries = np.stack([slots, ring.seqs(slots), starts, starts + sizes], axis=1)
+        hashes = ring.routes(slots)
+        order = sorted(range(self.workers), key=queued.__getitem__)
+        if ticket is not None:
+            order = order[:1]  # a group runs on one worker, in order
+        jobs: list[Job] = []
+        handled = _matches_any(hashes, _handler_hashes(routes))
+        for group in _cut_whole(entries[handled], sizes[handled], self._job_size(int(sizes[handled].sum()), ticket)):
+            jobs.append(Job(self._new_job_id(), order[len(jobs) % len(order)], EVENTS, group, ticket))
+        for key, (projection, batch_routes) in enumerate(routes.batches.items()):
+            mine = entries[hashes == hash(projection)]
+            for r, route in enumerate(batch_routes):
+                for group in _cut_exact(mine, route.size):
+                    jobs.append(Job(self._new_job_id(), order[len(jobs) % len(order)], BATCH, group, ticket, (key, r)))
+        return jobs
+
+    def _plan_small(self, slots: list[int], routes: Routes, ticket: Ticket | None,
+                    queued: Sequence[int]) -> list[Job]:
+        """A publish of a few events, planned without numpy: what an idle bus waits for."""
+        ring, wanted = self._ring, _handler_hash_set(routes)
+        rows = []
+        for slot in slots:
+            seq, route = ring.seq_and_route(slot)
+            if route in wanted:
+                rows.append((slot, seq, ring.first[slot], ring.first[slot] + ring.live[slot]))
+        order = sorted(range(self.workers), key=queued.__getitem__)
+        parts = 1 if ticket is not None else min(len(order), len(rows))  # a group stays in order
+        size = -(-len(rows) // parts) if rows else 0
+        return [Job(self._new_job_id(), order[n], EVENTS, np.array(rows[n * size:(n + 1) * size], dtype=np.int64), ticket)
+                for n in range(parts) if rows[n * size:(n + 1) * size]]
+
+    def _job_size(self, events: int, ticket: Ticket | None) -> int:
+        if ticket is not None:
+            return max(events, 1)  # one job: the group's order holds
+        return max(1, min(MAX_JOB, -(-events // (self.workers * JOBS_PER_WORKER))))
+
+    def _new_job_id(self) -> int:
+        self._next_job += 1
+        return self._next_job
+
+
+def _cut_whole(entries: np.ndarray, sizes: np.ndarray, size: int) -> list[np.ndarray]:
+    """Consecutive groups of entries of about ``size`` events each; entries stay whole."""
+    if not len(entries):
+        return []
+    group_of = (np.cumsum(sizes) - 1) // size
+    return np.split(entries, np.flatnonzero(np.diff(group_of)) + 1)
+
+
+def _cut_exact(entries: np.ndarray, size: int) -> list[np.ndarray]:
+    """Groups of exactly ``size`` events (the last may be short), splitting entries as needed."""
+    groups: list[np.ndarray] = []
+    current: list[tuple[int, int, int, int]] = []
+    room = size
+    for slot, seq, start, stop in entries.tolist():
+        while start < stop:
+            take = min(room, stop - start)
+            current.append((slot, seq, start, start + take))
+            start += take
+            room -= take
+            if room == 0:
+                groups.append(np.array(current, dtype=np.int64))
+                current, room = [], size
+    if current:
+        groups.append(np.array(current, dtype=np.int64))
+    return groups
+
+
+def _matches_any(values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """``np.isin`` without its fixed cost for the usual case of a few projections."""
+    if len(wanted) <= 16:
+        matched: np.ndarray = (values[:, None] == wanted[None, :]).any(axis=1)
+        return matched
+    return np.isin(values, wanted)
+
+
+def _handler_hash_set(routes: Routes) -> frozenset[int]:
+    cached = getattr(routes, "_hash_set", None)
+    if cached is None:
+        cached = frozenset(_handler_hashes(routes).tolist())
+        routes._hash_set = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def _handler_hashes(routes: Routes) -> np.ndarray:
+    cached = getattr(routes, "_hashes", None)
+    if cached is None:
+        cached = np.array([hash(p) for p, hs in routes.handlers.items() if hs], dtype=np.int64)
+        routes._hashes = cached  # type: ignore[attr-defined]
+    return cached
+
+
