@@ -1,0 +1,73 @@
+"""Cutting a publish into jobs: balance across workers, whole slots for handlers, exact batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from busmp import Event
+from busmp._codec import encode_chunk, encode_event
+from busmp._dispatch import BatchRoute, Routes
+from busmp._jobs import Job, Planner
+from busmp._pipeline import Ticket
+from busmp._protocol import BATCH, EVENTS
+from busmp._ring import SlotRing
+
+
+def noop(ctx, ev):
+    return None
+
+
+@pytest.fixture
+def ring():
+    r = SlotRing.create(1024)
+    yield r
+    r.close()
+
+
+def fill(ring, counts, projection="p"):
+    """Write one slot per entry of ``counts`` (a chunk when > 1); return the slots."""
+    slots, seq = [], 1
+    for n in counts:
+        events = [Event(projection, i) for i in range(n)]
+        payload, flags, buffers = encode_event(events[0]) if n == 1 else encode_chunk(events)
+        slot = ring.take(n)
+        ring.write(slot, seq, hash(projection), payload, flags, buffers)
+        slots.append(slot)
+        seq += n
+    return np.array(slots, dtype=np.int64)
+
+
+def test_a_big_publish_is_spread_over_every_worker_without_splitting_slots(ring):
+    slots = fill(ring, [1] * 200)
+    jobs = Planner(ring, 2).plan(slots, Routes({"p": (noop,)}), None, [0, 0])
+    assert {job.worker for job in jobs} == {0, 1} and all(job.kind == EVENTS for job in jobs)
+    assert sum(job.events for job in jobs) == 200
+    assert sorted(np.concatenate([job.slots for job in jobs]).tolist()) == sorted(slots.tolist())
+
+
+def test_a_group_with_a_ticket_is_one_job_on_the_least_busy_worker(ring):
+    slots = fill(ring, [1] * 40)
+    (job,) = Planner(ring, 2).plan(slots, Routes({"p": (noop,)}), Ticket(), [500, 3])
+    assert job.worker == 1 and job.events == 40 and job.slots.tolist() == slots.tolist()
+
+
+def test_events_nobody_handles_make_no_job(ring):
+    slots = fill(ring, [1, 1], projection="unhandled")
+    assert Planner(ring, 2).plan(slots, Routes({"p": (noop,)}), None, [0, 0]) == []
+
+
+def test_batch_jobs_hold_exactly_one_call_and_split_chunks_where_needed(ring):
+    slots = fill(ring, [5, 5])  # two chunks of five events
+    routes = Routes({}, {"p": (BatchRoute(3, noop, "b"),)})
+    jobs = Planner(ring, 1).plan(slots, routes, None, [0])
+    assert [job.kind for job in jobs] == [BATCH] * 4
+    assert [job.events for job in jobs] == [3, 3, 3, 1]
+    assert jobs[1].entries[:, 2:].tolist() == [[3, 5], [0, 1]]  # the end of chunk one, start of two
+
+
+def test_positions_map_back_to_slot_and_index():
+    entries = np.array([[7, 100, 2, 5], [9, 200, 0, 2]], dtype=np.int64)
+    job = Job(1, 0, EVENTS, entries)
+    assert job.events == 5
+    assert [job.locate(pos) for pos in range(5)] == [(7, 100, 2), (7, 100, 3), (7, 100, 4), (9, 200, 0), (9, 200, 1)]
