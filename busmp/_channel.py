@@ -73,10 +73,7 @@ class Channel:
     @classmethod
     def create(cls, name: str, capacity: int) -> Channel:
         capacity = _padded(max(capacity, 4096))
-        shm = _shm.create(name, DATA + capacity)
-        header: Any = np.ndarray((), dtype=CHANNEL_HEADER_DTYPE, buffer=shm.buf)
-        header["magic"], header["capacity"] = MAGIC, capacity
-        del header
+        shm = _shm.create_with_header(name, DATA + capacity, CHANNEL_HEADER_DTYPE, magic=MAGIC, capacity=capacity)
         return cls(shm, owner=True)
 
     @classmethod

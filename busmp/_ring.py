@@ -126,11 +126,9 @@ class SlotRing:
         if slot_size < MIN_SLOT_SIZE:
             raise ValueError(f"slot_size must be at least {MIN_SLOT_SIZE} bytes, got {slot_size}")
         slot_size = -(-slot_size // 8) * 8  # keep every slot header 8-byte aligned
-        shm = _shm.create(name or _shm.new_prefix() + "_ring", HEADER_SIZE + slot_count * slot_size)
-        header: Any = np.ndarray((), dtype=HEADER_DTYPE, buffer=shm.buf)
-        header["magic"], header["version"] = MAGIC, VERSION
-        header["slot_count"], header["slot_size"] = slot_count, slot_size
-        del header
+        shm = _shm.create_with_header(name or _shm.new_prefix() + "_ring", HEADER_SIZE + slot_count * slot_size,
+                                      HEADER_DTYPE, magic=MAGIC, version=VERSION, slot_count=slot_count,
+                                      slot_size=slot_size)
         return cls(shm, owner=True)
 
     @classmethod

@@ -11,8 +11,11 @@ from __future__ import annotations
 import os
 import secrets
 from multiprocessing import shared_memory
+from typing import Any
 
-__all__ = ["PREFIX", "new_prefix", "create", "attach", "release", "unlink_quietly"]
+import numpy as np
+
+__all__ = ["PREFIX", "new_prefix", "create", "create_with_header", "attach", "release", "unlink_quietly"]
 
 PREFIX = "busmp_"
 
@@ -24,6 +27,16 @@ def new_prefix() -> str:
 
 def create(name: str, size: int) -> shared_memory.SharedMemory:
     return shared_memory.SharedMemory(name=name, create=True, size=max(size, 1))
+
+
+def create_with_header(name: str, size: int, dtype: np.dtype[Any], **fields: int) -> shared_memory.SharedMemory:
+    """A new block whose first bytes are a ``dtype`` header with ``fields`` filled in."""
+    shm = create(name, size)
+    header: Any = np.ndarray((), dtype=dtype, buffer=shm.buf)
+    for key, value in fields.items():
+        header[key] = value
+    del header  # no view may outlive the block's close()
+    return shm
 
 
 def attach(name: str) -> shared_memory.SharedMemory:
