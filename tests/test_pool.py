@@ -108,3 +108,26 @@ def test_an_undecodable_event_is_one_dead_letter_and_the_rest_go_on(workers):
         assert store.metrics().errors == 1
     if workers == 0:
         assert seen == [1, 2]
+
+
+def fan_out_three(ctx, ev):
+    if ev.projection == "seed":
+        for i in range(3):
+            ctx.emit(Event("leaf", (ev.data, i)))
+    return Result(value=ev.data)
+
+
+@pytest.mark.timeout(60)
+def test_follow_ups_wait_for_room_in_a_full_ring_and_are_all_handled():
+    d = Dispatcher()
+    d.register("seed", fan_out_three)
+    d.register("leaf", fan_out_three)
+    leaves: list[object] = []
+    with EventStore(d, 4, workers=1, start_method="fork") as store:
+        store.on_after(lambda ctx, ev, res, err: leaves.append(ev.data) if ev.projection == "leaf" else None)
+        store.subscribe_many(Event("seed", n) for n in range(4))  # the ring is full
+        store.publish()
+        store.flush(timeout=20)
+        assert sorted(leaves) == [(n, i) for n in range(4) for i in range(3)]
+        assert store.metrics() == (16, 16, 0)
+        assert store.stats().free_slots == 4
