@@ -9,6 +9,12 @@ slot (a chunk that spills would cost a block of its own).
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections.abc import Iterator
+
+import numpy as np
+
 from ._codec import encode_chunk, encode_event
 from ._dispatch import check_projection, survives_pickling
 from ._event import Context, Event
@@ -46,47 +52,84 @@ def encode_many(events: list[Event], ctx: Context | None, capacity: int, max_eve
                 ) -> list[tuple[Encoded, list[Event]]]:
     """Check every event, then encode runs of one projection as chunks that fit ``capacity``
     bytes and hold at most ``max_events``; each chunk comes with the events it holds."""
+    with _gc_paused():
+        return _encode_many(events, ctx, capacity, max_events)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic collection while a batch is encoded: the batch's own short-lived tuples would
+    trigger full passes over every object the caller holds (the events themselves included),
+    which cost more than the encoding. Nothing here makes cycles; the pause is one call long."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _encode_many(events: list[Event], ctx: Context | None, capacity: int, max_events: int
+                 ) -> list[tuple[Encoded, list[Event]]]:
     routes = _routes_of(events, ctx)
     chunks: list[tuple[Encoded, list[Event]]] = []
     size = min(CHUNK_START, max_events)
     fits = capacity * 7 // 8  # aim below the slot size: a spilled chunk costs a block
-    i = 0
-    while i < len(events):
-        route = routes[i]
-        j = i + 1
-        while j < len(events) and j - i < size and routes[j] == route:
-            j += 1
-        while True:
-            members = events[i:j]
-            payload, flags, buffers = (encode_event(members[0], ctx) if len(members) == 1
-                                       else _encode_chunk(members, ctx))
-            per_event = max(1, len(payload) // len(members))
-            size = max(1, min(CHUNK_MAX, max_events, fits // per_event))
-            if buffers:
-                # Large buffers gain nothing from sharing a slot, and a reader that must hold
-                # several at once pays fresh pages for them: big events travel one by one.
-                fits = size = 1
-            if len(members) == 1 or (len(payload) <= capacity and not buffers):
-                break
-            j = i + min(size, len(members) - 1)  # too big for a slot: fewer events
-        chunks.append(((payload, flags, route, buffers, len(members)), members))
-        i = j
+    for run_start, run_stop in _runs(routes):
+        route = routes[run_start]
+        i = run_start
+        while i < run_stop:
+            j = min(run_stop, i + size)
+            while True:
+                members = events[i:j]
+                payload, flags, buffers = (encode_event(members[0], ctx) if len(members) == 1
+                                           else _encode_chunk(members, ctx))
+                per_event = max(1, len(payload) // len(members))
+                size = max(1, min(CHUNK_MAX, max_events, fits // per_event))
+                if buffers:
+                    # Large buffers gain nothing from sharing a slot, and a reader that must hold
+                    # several at once pays fresh pages for them: big events travel one by one.
+                    fits = size = 1
+                if len(members) == 1 or (len(payload) <= capacity and not buffers):
+                    break
+                j = i + min(size, len(members) - 1)  # too big for a slot: fewer events
+            chunks.append(((payload, flags, route, buffers, len(members)), members))
+            i = j
     return chunks
 
 
+def _runs(routes: list[int]) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each run of equal route words."""
+    if not routes:
+        return []
+    words = np.fromiter(routes, dtype=np.int64, count=len(routes))
+    cuts = [0, *(np.flatnonzero(words[1:] != words[:-1]) + 1).tolist(), len(routes)]
+    return list(zip(cuts, cuts[1:]))
+
+
 def _routes_of(events: list[Event], ctx: Context | None) -> list[int]:
-    """The route word (projection hash) of each event, checking each on the way."""
+    """The route word (projection hash) of each event, checking every event on the way.
+
+    The checks run per distinct type where they can: a batch of plain events with str keys
+    costs a list comprehension, not a function call per event.
+    """
     _check_ctx(ctx)
-    routes = []
-    for event in events:
-        try:
-            projection = event.projection
-            routes.append(hash(projection))
-            if type(event) is not Event or type(projection).__eq__ is object.__eq__:
+    if any(type(event) is not Event for event in events):
+        for event in events:
+            check_event(event, ctx)
+    projections = [event.projection for event in events]
+    try:
+        routes = [hash(projection) for projection in projections]
+    except TypeError:
+        for event in events:
+            check_event(event, ctx)  # raises the error that names the event
+        raise
+    identity_typed = {t for t in {type(p) for p in projections} if t.__eq__ is object.__eq__}
+    if identity_typed:
+        for event in events:
+            if type(event.projection) in identity_typed:
                 check_event(event, ctx)
-        except (TypeError, AttributeError):
-            check_event(event, ctx)  # raises the error that names the problem
-            raise
     return routes
 
 
