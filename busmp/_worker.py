@@ -3,8 +3,8 @@
 Loop: take the next job record; for EVENTS decode each named slot straight from the shared
 ring and run its fan-out handlers; for BATCH run one batch call; write outcomes, emitted
 events and a DONE record to the result channel. With no job queued, spin briefly (x86-64 only,
-see ``_ring``), then sleep in ``select`` on the doorbell pipe; every half second of sleep it
-checks that the parent still lives, and exits if not.
+see ``_ring``), then sleep in ``select`` on the doorbell pipe. A watchdog thread checks every
+half second that the parent still lives and ends the process if not, even mid-handler.
 """
 
 from __future__ import annotations
@@ -65,7 +65,6 @@ class Worker:
         self.want_outcomes = False
         self.handled = 0
         self.last_notify = 0.0
-        self.unnotified = False
         # Per-job state, for the observer callbacks.
         self.job = 0
         self.entries: list[list[int]] = []
@@ -84,8 +83,7 @@ class Worker:
     def run(self) -> None:
         while True:
             record = self.jobs.get()
-            if record is None:
-                self.notify_parent()
+            if record is None:  # the parent heard of our last job when it finished
                 if not self.wait_for_work():
                     return
                 continue
@@ -105,23 +103,20 @@ class Worker:
                 self.notify_parent()
 
     def wait_for_work(self) -> bool:
-        """Spin briefly, then sleep on the doorbell; False once the parent is gone."""
+        """Spin briefly, then sleep on the doorbell; False once the parent is gone.
+
+        The sleep has no timeout: the watchdog thread ends the process if the parent dies.
+        """
         if SPIN_ALLOWED:
             until = time.perf_counter() + SPIN_SECONDS
             while time.perf_counter() < until:
                 if self.jobs.has_data():
                     return True
-        while True:
-            readable, _, _ = select.select([self.doorbell_fd], [], [], PARENT_CHECK_SECONDS)
-            if readable:
-                try:
-                    if not os.read(self.doorbell_fd, 4096):
-                        return False  # every writer closed: the parent is gone
-                except BlockingIOError:
-                    pass
-                return True
-            if not self.parent_alive():
-                return False
+        select.select([self.doorbell_fd], [], [])
+        try:
+            return bool(os.read(self.doorbell_fd, 4096))  # b"": every writer closed, parent gone
+        except BlockingIOError:
+            return True
 
     def parent_alive(self) -> bool:
         return self.owner is not None and self.owner.is_running()
