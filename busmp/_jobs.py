@@ -38,6 +38,7 @@ class Job:
     batch: tuple[int, int] = (0, 0)  # (projection index, route index) for BATCH jobs
     events: int = 0
     _ends: np.ndarray | None = None  # cumulative events per entry, when entries hold several
+    routes: tuple[Routes, object] | None = None  # the routing snapshot (and its key) planned with
 
     def __post_init__(self) -> None:
         sizes = self.entries[:, 3] - self.entries[:, 2]

@@ -53,6 +53,7 @@ log = logging.getLogger("busmp")
 #: process can deadlock the child; forkserver forks from a clean single-threaded server that
 #: has busmp and numpy preloaded, so workers start nearly as fast as with fork.
 DEFAULT_START_METHOD = "forkserver" if sys.platform.startswith("linux") else "spawn"
+FEED_DEPTH = 3            # jobs a worker holds at once; the rest wait in the parent for it
 EARLY_DEATHS_ALLOWED = 3  # workers that die before starting, in a row, before we give up
 CRASH_HANDLER = "busmp.worker"
 
@@ -99,6 +100,7 @@ class ProcessExecutor:
         self._next_job = 1
         self._routes_cache: tuple[object, bytes] | None = None
         self._backlog: deque[Encoded] = deque()  # follow-ups waiting for a free slot
+        self._unassigned: deque[Job] = deque()   # planned jobs no worker holds yet (see _feed)
         self._closing = False
         self._broken: str | None = None
         self._early_deaths = 0
@@ -159,18 +161,36 @@ class ProcessExecutor:
                 self._refs[job.slots] += 1  # a job names each slot once
                 covered += len(job.entries)
             idle = arr[self._refs[arr] == 0] if covered < len(arr) or routes.batches else arr[:0]
-            woken: set[int] = set()
             for job in jobs:
-                handle = self._handles[job.worker]
-                self._ship_routes(handle, routes, key)
-                self._write_job(handle, job)
-                woken.add(job.worker)
-            for i in woken:
-                self._ring_doorbell(self._handles[i])
+                job.routes = (routes, key)
+                self._jobs[job.id] = job
+                if ticket is not None:  # a group stays on its one worker, in order
+                    self._write_job(self._handles[job.worker], job)
+                else:
+                    self._unassigned.append(job)
+            self._feed({job.worker for job in jobs} if ticket is not None else set())
         if len(idle):
             self._host.release(idle)  # no handler wants these events
         if ticket is not None and ticket.jobs == 0:
             ticket.done.set()
+
+    def _feed(self, woken: set[int]) -> None:
+        """Give each live worker jobs until it holds FEED_DEPTH, one at a time in turn, then
+        ring the doorbells. Under the lock. Feeding as workers finish, rather than dealing
+        everything out at publish, keeps a worker the machine slows down from holding work
+        the other one could do."""
+        live = [h for h in self._handles if h.process is not None]
+        while self._unassigned and live:
+            live = [h for h in live if len(h.outstanding) < FEED_DEPTH]
+            for handle in live:
+                if not self._unassigned:
+                    break
+                job = self._unassigned.popleft()
+                job.worker = handle.index
+                self._write_job(handle, job)
+                woken.add(handle.index)
+        for i in woken:
+            self._ring_doorbell(self._handles[i])
 
     def _ship_routes(self, handle: WorkerHandle, routes: Routes, key: object) -> None:
         if handle.routes_key == key:
@@ -182,11 +202,12 @@ class ProcessExecutor:
         handle.routes_key = key
 
     def _write_job(self, handle: WorkerHandle, job: Job) -> None:
+        assert job.routes is not None
+        self._ship_routes(handle, *job.routes)  # the routes the job was planned with
         if job.kind == EVENTS:
             head = JOB_HEAD.pack(job.id, len(job.entries))
         else:
             head = BATCH_HEAD.pack(job.id, len(job.entries), *job.batch)
-        self._jobs[job.id] = job
         handle.outstanding[job.id] = job
         handle.queued += job.events
         handle.jobs.put(job.kind, head + pack_entries(job.entries), self._waiter(handle))
@@ -279,10 +300,12 @@ class ProcessExecutor:
             if self._jobs.pop(job.id, None) is None:
                 return
             handle = self._handles[job.worker]
-            handle.outstanding.pop(job.id, None)
-            handle.queued -= job.events
+            if handle.outstanding.pop(job.id, None) is not None:
+                handle.queued -= job.events
             self._refs[job.slots] -= 1
             done = job.slots[self._refs[job.slots] == 0]
+            if self._unassigned and not self._closing:
+                self._feed(set())
         if len(done):
             self._host.release(done)
         if job.ticket is not None:
@@ -380,6 +403,7 @@ class ProcessExecutor:
         for handle in self._handles:
             if handle.process is not None:
                 self._on_death(handle)
+        self._unassigned_to_dead_letters()
         self._backlog_to_dead_letters()
         self._final_counts = self.per_worker()
         self._release_resources()
@@ -399,6 +423,14 @@ class ProcessExecutor:
                 handle.process.close()
                 handle.process = None
         self._release_resources()
+
+    def _unassigned_to_dead_letters(self) -> None:
+        error = StoreClosed("the store was drained before the event was handed to a worker")
+        while self._unassigned:
+            job = self._unassigned.popleft()
+            for pos in range(job.events):
+                self._settle(job, pos, CRASH_HANDLER, None, error, counted=False)
+            self._finish(job)
 
     def _backlog_to_dead_letters(self) -> None:
         while self._backlog:

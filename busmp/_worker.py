@@ -36,7 +36,6 @@ __all__ = ["worker_main", "Worker"]
 
 SPIN_SECONDS = 50e-6
 PARENT_CHECK_SECONDS = 0.5
-NOTIFY_EVERY_SECONDS = 0.001
 
 def worker_main(ring_name: str, jobs_name: str, results_name: str, doorbell: Any, notify: Any,
                 owner_pid: int) -> None:
@@ -64,7 +63,6 @@ class Worker:
         self.routes = Routes()
         self.want_outcomes = False
         self.handled = 0
-        self.last_notify = 0.0
         # Per-job state, for the observer callbacks.
         self.job = 0
         self.entries: list[list[int]] = []
@@ -99,8 +97,8 @@ class Worker:
             elif kind == BATCH:
                 job, _count, key, route = BATCH_HEAD.unpack_from(payload)
                 self.run_batch(job, unpack_entries(payload, BATCH_HEAD.size), key, route)
-            if not self.jobs.has_data() or time.monotonic() - self.last_notify > NOTIFY_EVERY_SECONDS:
-                self.notify_parent()
+            if kind != ROUTES:
+                self.notify_parent()  # a finished job: the parent frees its slots and feeds us more
 
     def wait_for_work(self) -> bool:
         """Spin briefly, then sleep on the doorbell; False once the parent is gone.
@@ -122,7 +120,6 @@ class Worker:
         return self.owner is not None and self.owner.is_running()
 
     def notify_parent(self) -> None:
-        self.last_notify = time.monotonic()
         try:
             os.write(self.notify_fd, b"\x01")
         except BlockingIOError:
