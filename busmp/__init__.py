@@ -2,14 +2,16 @@
 
 Data flow (``workers=N``)::
 
-   parent process                                            worker process k
-   ──────────────                                            ────────────────
-   subscribe(ev) ─encode─▶ [slot ring: header | slots] ───▶ job ring k ─▶ decode ─▶ middleware ─▶ handlers
-                              ▲  free list / pending: parent                                        │
-   publish() ── jobs + one wake-up per worker ─┘                                                    ▼
-   collector ◀──────────── [result ring k: done, outcomes, dead letters, emitted events] ◀──────────┘
+   parent process                                               worker process k
+   ──────────────                                               ────────────────
+   subscribe(ev) ─check, encode─▶ [slot ring: header | slots] ──────┐
+   subscribe_many(evs) ─ chunks ─▶   (free list, pending: parent)   │ read in place
+                                                                    ▼
+   publish() ─ plan jobs (_jobs) ─ feed ─▶ [job channel k] ──▶ decode ─▶ middleware ─▶ handlers
+                                                                                           │
+   collector thread ◀─ [result channel k: outcomes, emitted events, DONE] ◀────────────────┘
      ├─ hooks (on_before / on_after / on_error) run here, in the parent
-     ├─ DeadLetterQueue, metrics, statistics
+     ├─ DeadLetterQueue, metrics, statistics; slots freed on DONE; more jobs fed
      └─ emitted events ─▶ straight back into the slot ring as new work
 
 With ``workers=0`` the same pipeline runs inline: ``publish()`` decodes the pending slots and
