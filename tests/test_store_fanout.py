@@ -3,6 +3,8 @@ middleware, follow-up events, lifecycle and constructor validation."""
 
 from __future__ import annotations
 
+import time
+
 import threading
 
 import pytest
@@ -565,10 +567,13 @@ def test_flush_waits_for_a_publish_running_in_another_thread():
         publisher.join(10)
 
 
-def test_flush_in_sync_mode_with_nothing_pending_returns():
+def test_flush_in_sync_mode_with_nothing_pending_returns_at_once():
     with EventStore(Dispatcher(), 8) as store:
+        started = time.monotonic()
         store.flush()
         store.flush(timeout=1.0)
+        assert time.monotonic() - started < 0.5
+        assert store.stats().in_flight == 0
 
 
 # --------------------------------------------------------------------------- constructor validation
