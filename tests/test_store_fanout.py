@@ -3,9 +3,8 @@ middleware, follow-up events, lifecycle and constructor validation."""
 
 from __future__ import annotations
 
-import time
-
 import threading
+import time
 
 import pytest
 
