@@ -69,31 +69,31 @@ class Planner:
         self._next_job = 0
 
     def plan(self, slots: np.ndarray, routes: Routes, ticket: Ticket | None, queued: Sequence[int]) -> list[Job]:
-        """Cut slots into EVENTS jobs (per-event handlers) and BATCH jobs (batch handlers);
-        ``queued`` is how many events each worker still has, for balance."""
+        """Cut slots into EVENTS jobs (per-event handlers) and BATCH jobs (batch handlers).
+
+        Every job names the least busy worker (``queued``: events each still holds). Only a
+        group's jobs (``ticket``) stay there; the pool feeds the others to whichever worker
+        is free, so a publish is cut into several jobs per worker."""
+        worker = min(range(self.workers), key=queued.__getitem__)
         if len(slots) <= SMALL_PUBLISH and not routes.batches:
-            return self._plan_small(slots.tolist(), routes, ticket, queued)
+            return self._plan_small(slots.tolist(), routes, ticket, worker)
         ring = self._ring
         starts = np.fromiter((ring.first[s] for s in slots.tolist()), np.int64, len(slots))
         sizes = np.fromiter((ring.live[s] for s in slots.tolist()), np.int64, len(slots))
         entries = np.stack([slots, ring.seqs(slots), starts, starts + sizes], axis=1)
         hashes = ring.routes(slots)
-        order = sorted(range(self.workers), key=queued.__getitem__)
-        if ticket is not None:
-            order = order[:1]  # a group runs on one worker, in order
         jobs: list[Job] = []
         handled = _matches_any(hashes, _handler_hashes(routes))
         for group in _cut_whole(entries[handled], sizes[handled], self._job_size(int(sizes[handled].sum()), ticket)):
-            jobs.append(Job(self._new_job_id(), order[len(jobs) % len(order)], EVENTS, group, ticket))
+            jobs.append(Job(self._new_job_id(), worker, EVENTS, group, ticket))
         for key, (projection, batch_routes) in enumerate(routes.batches.items()):
             mine = entries[hashes == hash(projection)]
             for r, route in enumerate(batch_routes):
                 for group in _cut_exact(mine, route.size):
-                    jobs.append(Job(self._new_job_id(), order[len(jobs) % len(order)], BATCH, group, ticket, (key, r)))
+                    jobs.append(Job(self._new_job_id(), worker, BATCH, group, ticket, (key, r)))
         return jobs
 
-    def _plan_small(self, slots: list[int], routes: Routes, ticket: Ticket | None,
-                    queued: Sequence[int]) -> list[Job]:
+    def _plan_small(self, slots: list[int], routes: Routes, ticket: Ticket | None, worker: int) -> list[Job]:
         """A publish of a few events, planned without numpy: what an idle bus waits for."""
         ring, wanted = self._ring, _handler_hash_set(routes)
         rows = []
@@ -101,11 +101,11 @@ class Planner:
             seq, route = ring.seq_and_route(slot)
             if route in wanted:
                 rows.append((slot, seq, ring.first[slot], ring.first[slot] + ring.live[slot]))
-        order = sorted(range(self.workers), key=queued.__getitem__)
-        parts = 1 if ticket is not None else min(len(order), len(rows))  # a group stays in order
+        parts = 1 if ticket is not None else min(self.workers, len(rows))  # a group stays in order
         size = -(-len(rows) // parts) if rows else 0
-        return [Job(self._new_job_id(), order[n], EVENTS, np.array(rows[n * size:(n + 1) * size], dtype=np.int64), ticket)
-                for n in range(parts) if rows[n * size:(n + 1) * size]]
+        groups = [rows[n * size:(n + 1) * size] for n in range(parts)]
+        return [Job(self._new_job_id(), worker, EVENTS, np.array(group, dtype=np.int64), ticket)
+                for group in groups if group]
 
     def _job_size(self, events: int, ticket: Ticket | None) -> int:
         if ticket is not None:
