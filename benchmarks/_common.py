@@ -109,26 +109,33 @@ def time_busmp_round(projection: str, handler: Any, payloads: list[Any], warm_up
         close_busmp_store(store)
 
 
+def time_unordered(imap: Any, func: Any, warm_up: list[Any], items: list[Any], **chunking: int) -> float:
+    """One warmed-up ``imap_unordered``-style round over ``items``, timed and checked for
+    completeness. ``chunking`` names the pool's chunk argument (``chunksize=``/``chunk_size=``);
+    the warm-up uses chunks of one and the same call as the timed round."""
+    list(imap(func, warm_up, **{name: 1 for name in chunking}))
+    t0 = time.perf_counter()
+    n = sum(1 for _ in imap(func, items, **chunking))
+    dt = time.perf_counter() - t0
+    if n != len(items):
+        raise Mismatch(f"{n} of {len(items)} results")
+    return dt
+
+
 def time_mpire_round(workers: int, func: Any, warm_up: list[Any], items: list[Any], chunk_size: int) -> float:
-    """One mpire contender run: a keep-alive pool warmed up with the same call, then one timed
-    ``imap_unordered`` over ``items``, checked for completeness."""
+    """One mpire contender run on a keep-alive pool (keep-alive workers keep the map mode of
+    the warm-up call, so it is the same call as the timed one)."""
     mpire = optional_import("mpire")
     pool = mpire.WorkerPool(n_jobs=workers, keep_alive=True)
     ok = False
     try:
-        # warm-up with the same call as the timed one (mpire's keep_alive workers keep the map mode)
-        list(pool.imap_unordered(func, warm_up, chunk_size=1))
-        t0 = time.perf_counter()
-        n = sum(1 for _ in pool.imap_unordered(func, items, chunk_size=chunk_size))
-        dt = time.perf_counter() - t0
+        dt = time_unordered(pool.imap_unordered, func, warm_up, items, chunk_size=chunk_size)
         ok = True
     finally:
         if ok:
             pool.stop_and_join()
         else:
             pool.terminate()
-    if n != len(items):
-        raise Mismatch(f"{n} of {len(items)} results")
     return dt
 
 

@@ -48,15 +48,9 @@ def _busmp() -> float:
 
 def _pool(chunksize: int) -> Any:
     def run() -> float:
-        args = [LOOPS] * CALLS
         with _common.mp_pool(WORKERS) as pool:
-            list(pool.imap_unordered(_handlers.burn, [1] * (4 * WORKERS)))
-            t0 = time.perf_counter()
-            n = sum(1 for _ in pool.imap_unordered(_handlers.burn, args, chunksize=chunksize))
-            dt = time.perf_counter() - t0
-        if n != CALLS:
-            raise _common.Mismatch(f"{n} of {CALLS} results")
-        return dt
+            return _common.time_unordered(pool.imap_unordered, _handlers.burn, [1] * (4 * WORKERS),
+                                          [LOOPS] * CALLS, chunksize=chunksize)
 
     return run
 

@@ -94,15 +94,9 @@ def faster_fifo_queue() -> float:
 
 
 def pool_imap() -> float:
-    data = items()
     with _common.mp_pool(WORKERS) as pool:
-        list(pool.imap_unordered(_handlers.noop, range(4 * WORKERS)))
-        t0 = time.perf_counter()
-        n = sum(1 for _ in pool.imap_unordered(_handlers.noop, data, chunksize=CHUNK))
-        dt = time.perf_counter() - t0
-    if n != N:
-        raise _common.Mismatch(f"{n} of {N} results")
-    return dt
+        return _common.time_unordered(pool.imap_unordered, _handlers.noop, list(range(4 * WORKERS)),
+                                      items(), chunksize=CHUNK)
 
 
 def ppe_map(factory: Any = None) -> float:
