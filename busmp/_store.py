@@ -8,6 +8,7 @@ may publish) and thread-safe (each pending slot is claimed by exactly one caller
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
 import weakref
@@ -54,6 +55,7 @@ class EventStore:
                  dlq: DeadLetterQueue | None = None, slot_size: int = DEFAULT_SLOT_SIZE,
                  start_method: str | None = None) -> None:
         _validate(dispatcher, buffer_size, policy, workers, dlq)
+        _validate_start_method(start_method)
         self.dlq = dlq
         self._dispatcher = dispatcher
         self._policy = policy
@@ -489,6 +491,13 @@ def _abandon(executor: Executor, ring: SlotRing) -> None:
     """Release what a store holds, without touching the store (it may be gone already)."""
     executor.abandon()
     ring.close()
+
+
+def _validate_start_method(start_method: object) -> None:
+    methods = multiprocessing.get_all_start_methods()
+    if start_method is not None and start_method not in methods:
+        raise ValueError(f"start_method must be one of {methods} or None (the default), "
+                         f"got {start_method!r}")
 
 
 def _deadline(timeout: float | None, ctx: Context | None) -> float | None:

@@ -139,3 +139,8 @@ def test_follow_ups_wait_for_room_in_a_full_ring_and_are_all_handled():
         assert sorted(leaves) == [(n, i) for n in range(4) for i in range(3)]
         assert store.metrics() == (16, 16, 0)
         assert store.stats().free_slots == 4
+
+
+def test_an_unknown_start_method_is_refused_with_the_choices_and_nothing_is_left():
+    with pytest.raises(ValueError, match=r"start_method must be one of .*'spawn'.*got 'forkk'"):
+        EventStore(Dispatcher(), 8, workers=1, start_method="forkk")
