@@ -104,6 +104,7 @@ class ProcessExecutor:
         self._closing = False
         self._broken: str | None = None
         self._early_deaths = 0
+        self._last_death: tuple[int, int | None] = (0, None)
         self._final_counts: tuple[int, ...] | None = None  # per_worker() once the channels are gone
         self._released = False
         self._notify_r, self._notify_w = self._ctx.Pipe(duplex=False)
@@ -147,9 +148,6 @@ class ProcessExecutor:
     def submit(self, slots: Sequence[int], ticket: Ticket | None = None) -> None:
         arr = np.asarray(slots, dtype=np.int64)
         with self._lock:
-            if self._broken is not None:
-                self._host.release(arr)
-                raise BusError(self._broken)
             self._ring.counts["published"] += self._ring.live_events(slots)
             self._ring.sync_header()
             routes, key = self._host.routes_and_key()
@@ -173,6 +171,9 @@ class ProcessExecutor:
             self._host.release(idle)  # no handler wants these events
         if ticket is not None and ticket.jobs == 0:
             ticket.done.set()
+        if self._broken is not None:
+            self._fail_orphans()  # nothing vanishes: what no worker can take becomes dead letters
+            raise BusError(self._broken)
 
     def _feed(self, woken: set[int]) -> None:
         """Give each live worker jobs until it holds FEED_DEPTH, one at a time in turn, then
@@ -365,13 +366,30 @@ class ProcessExecutor:
             if job.id == cur_job:
                 first = cur_pos
                 self._host.accounting.count(*partial)
-            for pos in range(first, job.events):
-                self._settle(job, pos, CRASH_HANDLER, None, error, counted=False)
-            self._finish(job)
+            self._charge(job, first, error)
+        if self._broken is not None:
+            self._fail_orphans()
+
+    def _charge(self, job: Job, first: int, error: BaseException) -> None:
+        """Events ``first`` onwards of ``job`` become dead letters with ``error``; the job ends."""
+        for pos in range(first, job.events):
+            self._settle(job, pos, CRASH_HANDLER, None, error, counted=False)
+        self._finish(job)
+
+    def _fail_orphans(self) -> None:
+        """No replacement will start: once no worker is left, the jobs none holds are dead letters."""
+        with self._lock:
+            if any(h.process is not None for h in self._handles):
+                return  # a live worker still takes them
+            orphans = list(self._unassigned)
+            self._unassigned.clear()
+        for job in orphans:
+            self._charge(job, 0, WorkerCrashed(*self._last_death))
 
     def _replace(self, handle: WorkerHandle, pid: int, exitcode: int | None, started: bool) -> None:
         log.warning("busmp worker %d (pid %s) died with exit code %s; starting a replacement",
                     handle.index, pid, exitcode)
+        self._last_death = (pid, exitcode)
         self._early_deaths = 0 if started else self._early_deaths + 1
         if self._early_deaths >= EARLY_DEATHS_ALLOWED:
             self._broken = (f"busmp worker processes die before starting (last exit code "

@@ -398,3 +398,44 @@ def test_parent_sigkill_leaves_no_worker_and_no_shared_memory(start_method, tmp_
     assert wait_until(lambda: all(gone(p) for p in pids), 3), \
         [p for p in pids if not gone(p)]
     assert wait_until(lambda: not shm_blocks(mine), 5), sorted(shm_blocks(mine))
+
+
+UNGUARDED = textwrap.dedent("""
+    # No `if __name__ == "__main__":` guard: every worker re-runs this file and dies starting up.
+    import sys, time
+    from busmp import BusError, DeadLetterQueue, Dispatcher, Event, EventStore, WorkerCrashed
+
+    d = Dispatcher()
+    d.register("p", print)
+    store = EventStore(d, 1 << 8, workers=2, dlq=DeadLetterQueue(), start_method=sys.argv[1])
+    refused = None
+    subscribed = 0
+    deadline = time.monotonic() + 30
+    while refused is None and time.monotonic() < deadline:
+        subscribed += store.subscribe_many([Event("p", i) for i in range(10)])
+        try:
+            store.publish()
+        except BusError as exc:
+            refused = exc
+        store.flush(timeout=20)
+        time.sleep(0.05)
+    letters = store.dlq.drain()
+    crashed = sum(isinstance(dl.error, WorkerCrashed) for dl in letters)
+    store.drain(timeout=10)
+    print(subscribed, len(letters), crashed, tuple(store.metrics()), "|", refused)
+""")
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_workers_that_cannot_start_turn_every_event_into_a_dead_letter(start_method, tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED)
+    done = subprocess.run([sys.executable, str(script), start_method], capture_output=True,
+                          text=True, timeout=50)
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts, refused = done.stdout.strip().rsplit("\n", 1)[-1].split(" | ")
+    subscribed, letters, crashed, metrics = counts.split(" ", 3)
+    assert int(subscribed) >= 10
+    assert int(letters) == int(crashed) == int(subscribed)  # none vanished, none handled
+    assert metrics == f"({subscribed}, {subscribed}, {subscribed})"
+    assert "if __name__ == '__main__':" in refused  # the error says what to fix
