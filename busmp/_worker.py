@@ -25,7 +25,7 @@ from ._codec import decode_events, dumps, encode_event, portable_exception
 from ._dispatch import BatchRoute, Routes
 from ._errors import RemoteError
 from ._event import BACKGROUND, Context, Event, Result, current_emitter
-from ._pipeline import Item, run_chunk, run_items
+from ._pipeline import NO_RESULT, Item, run_chunk
 from ._protocol import (
     BATCH, BATCH_HEAD, CUR_ERRORS, CUR_JOB, CUR_POS, CUR_PROCESSED, DONE, DONE_REC, EMIT, EMIT_HEAD,
     EVENTS, HANDLED, JOB_HEAD, OUTCOME, OUTCOME_HEAD, PID, ROUTES, ROUTES_HEAD, STOP, unpack_entries,
@@ -36,6 +36,7 @@ __all__ = ["worker_main", "Worker"]
 
 SPIN_SECONDS = 50e-6
 PARENT_CHECK_SECONDS = 0.5
+_NOTHING = object()  # no projection seen yet
 
 def worker_main(ring_name: str, jobs_name: str, results_name: str, doorbell: Any, notify: Any,
                 owner_pid: int) -> None:
@@ -142,8 +143,66 @@ class Worker:
 
     def run_events(self, job: int, entries: Any) -> None:
         self.start_job(job, entries)
-        run_items(self.items(), self.routes, self, self.emit, catch=BaseException, batches=False)
+        reset = current_emitter.set(self.emit)
+        try:
+            pos = 0
+            for slot, seq, start, stop in self.entries:
+                decoded = self.decode(slot, seq, pos, stop - start)
+                if decoded is not None:
+                    events, ctx, _attempts = decoded
+                    self.run_handlers(events[start:stop], ctx, pos)
+                pos += stop - start
+        finally:
+            current_emitter.reset(reset)
         self.finish_job()
+
+    def run_handlers(self, events: list[Event], ctx: Context, pos: int) -> None:
+        """Every fan-out handler of each event, then the progress words for that event.
+
+        The hot loop of a worker: no object per event besides the event itself, the chain
+        looked up once per run of one projection, outcomes sent only for failures (or when
+        the parent has hooks that want every outcome).
+        """
+        chains, want, report = self.routes.chains, self.want_outcomes, self.report
+        words, base = self.progress
+        processed = self.processed
+        projection: object = _NOTHING
+        chain: tuple[tuple[Any, str], ...] = ()
+        for event in events:
+            if event.projection is not projection:
+                projection = event.projection
+                chain = chains(projection)
+            for fn, name in chain:
+                processed += 1
+                try:
+                    result = fn(ctx, event)
+                except BaseException as exc:  # the worker must outlive its handlers
+                    report(pos, name, None, exc)
+                else:
+                    if want:
+                        report(pos, name, NO_RESULT if result is None else result, None)
+            # Progress, so a crash after this point spares this event; CUR_POS last.
+            words[base + CUR_PROCESSED] = processed
+            words[base + CUR_ERRORS] = self.errors
+            pos += 1
+            words[base + CUR_POS] = pos
+        self.processed = processed
+
+    def decode(self, slot: int, seq: int, pos: int, count: int) -> tuple[list[Event], Context, int] | None:
+        """A slot's events straight from the ring; None (and ``count`` failures reported,
+        charged to these events alone) if they cannot be decoded."""
+        try:
+            payload, flags, buffers = self.ring.read(slot, seq)
+            events, ctx, attempts = decode_events(payload, flags, buffers)
+        except Exception as exc:
+            for n in range(count):
+                self.processed += 1
+                self.report(pos + n, "busmp.codec.decode_event", None, exc)
+            self.jobs.set_control(CUR_PROCESSED, self.processed)
+            self.jobs.set_control(CUR_ERRORS, self.errors)
+            self.jobs.set_control(CUR_POS, pos + count)
+            return None
+        return events, ctx if ctx is not None else BACKGROUND, attempts
 
     def run_batch(self, job: int, entries: Any, key: int, route_index: int) -> None:
         self.start_job(job, entries)
@@ -160,23 +219,17 @@ class Worker:
         self.finish_job()
 
     def items(self) -> Iterator[Item]:
-        """The job's events, decoded slot by slot straight from the ring, numbered by position."""
+        """The job's events as pipeline items, numbered by position (for batch calls)."""
         pos = 0
         for slot, seq, start, stop in self.entries:
-            try:
-                payload, flags, buffers = self.ring.read(slot, seq)
-                events, ctx, attempts = decode_events(payload, flags, buffers)
-            except Exception as exc:  # charged to these events alone
-                for _ in range(start, stop):
-                    self.processed += 1
-                    self.report(pos, "busmp.codec.decode_event", None, exc)
+            decoded = self.decode(slot, seq, pos, stop - start)
+            if decoded is not None:
+                events, ctx, attempts = decoded
+                for event in events[start:stop]:
+                    yield Item(event, ctx, attempts, None, pos)
                     pos += 1
-                self.jobs.set_control(CUR_POS, pos)
-                continue
-            ctx = ctx if ctx is not None else BACKGROUND
-            for event in events[start:stop]:
-                yield Item(event, ctx, attempts, None, pos)
-                pos += 1
+            else:
+                pos += stop - start
 
     # -- observer: outcomes go to the parent ----------------------------------------
     def before(self, item: Item, handler: str) -> None:
@@ -188,11 +241,7 @@ class Worker:
             self.report(item.token, handler, result, error)
 
     def event_done(self, item: Item) -> None:
-        # Progress words, so a crash after this point spares this event (hot path: raw stores).
-        words, base = self.progress
-        words[base + CUR_PROCESSED] = self.processed
-        words[base + CUR_ERRORS] = self.errors
-        words[base + CUR_POS] = item.token + 1  # last: the counts above belong to this position
+        return None  # a batch call reports its progress at the end of the job
 
     def report(self, pos: int, handler: str, result: Result | None, error: BaseException | None) -> None:
         """Send one outcome to the parent; counts it as an error if it is (or becomes) one."""
