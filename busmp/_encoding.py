@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Iterator
+from operator import attrgetter
+from typing import Any
 
 import numpy as np
 
@@ -111,26 +113,30 @@ def _runs(routes: list[int]) -> list[tuple[int, int]]:
 def _routes_of(events: list[Event], ctx: Context | None) -> list[int]:
     """The route word (projection hash) of each event, checking every event on the way.
 
-    The checks run per distinct type where they can: a batch of plain events with str keys
-    costs a list comprehension, not a function call per event.
+    The checks run per distinct type where they can, in C-level ``map`` loops: a batch of
+    plain events with str keys costs a few passes over a list, not a function call per event.
     """
     _check_ctx(ctx)
-    if any(type(event) is not Event for event in events):
+    if set(map(type, events)) != {Event}:
         for event in events:
             check_event(event, ctx)
-    projections = [event.projection for event in events]
+    projections = list(map(_projection_of, events))
     try:
-        routes = [hash(projection) for projection in projections]
+        routes = list(map(hash, projections))
     except TypeError:
         for event in events:
             check_event(event, ctx)  # raises the error that names the event
         raise
-    identity_typed = {t for t in {type(p) for p in projections} if t.__eq__ is object.__eq__}
+    kinds: set[Any] = set(map(type, projections))
+    identity_typed = {t for t in kinds if t.__eq__ is object.__eq__}
     if identity_typed:
         for event in events:
             if type(event.projection) in identity_typed:
                 check_event(event, ctx)
     return routes
+
+
+_projection_of = attrgetter("projection")
 
 
 def _encode_chunk(members: list[Event], ctx: Context | None) -> tuple[bytes, int, list[memoryview]]:

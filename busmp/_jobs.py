@@ -20,7 +20,7 @@ from ._ring import SlotRing
 
 __all__ = ["Job", "Planner", "MAX_JOB", "JOBS_PER_WORKER", "SMALL_PUBLISH"]
 
-MAX_JOB = 256             # events per job: small enough to balance, big enough to amortise
+MAX_JOB = 4096             # events per job: small enough to balance, big enough to amortise
 JOBS_PER_WORKER = 16      # a publish is cut into at least this many jobs per worker (balance)
 SMALL_PUBLISH = 16        # up to this many slots, a publish is planned in plain Python
 
