@@ -160,12 +160,19 @@ def decode_events(payload: Any, flags: int, buffers: Sequence[Any] = ()) -> tupl
         return _build(projection if flags & FLAG_MIXED else repeat(projection, n), datas,
                       repeat("", n) if ids is None else ids, repeat(None, n) if args is None else args
                       ), ctx, attempts
-    return [Event(*obj)], ctx, attempts
+    projection, data, id_, args = obj
+    event = object.__new__(Event)
+    _set_projection(event, projection)
+    _set_data(event, data)
+    _set_id(event, id_)
+    _set_args(event, args)
+    return [event], ctx, attempts
 
 
 # The slots of Event, set directly: Event is frozen, and its __init__ pays an
 # object.__setattr__ call per field; a chunk's events are built column by column instead.
 _SET_FIELDS = tuple(Event.__dict__[name].__set__ for name in ("projection", "data", "id", "args"))
+_set_projection, _set_data, _set_id, _set_args = _SET_FIELDS
 _consume: Callable[[Iterable[Any]], None] = deque(maxlen=0).extend
 
 
