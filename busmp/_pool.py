@@ -249,7 +249,10 @@ class ProcessExecutor:
                 if self._stop_r in ready:
                     return  # shutdown() takes over the workers from here
                 for handle in self._handles:
-                    if handle.process is not None and not handle.process.is_alive():
+                    # A dead worker's sentinel is ready; a wake-up by results alone costs no
+                    # waitpid per worker (the poll timeout re-checks them all, to be safe).
+                    process = handle.process
+                    if process is not None and (process.sentinel in ready or not ready) and not process.is_alive():
                         self._on_death(handle)
             except Exception:  # a bug in here must not stop every later result from arriving
                 log.exception("busmp collector: unexpected error; carrying on")
