@@ -117,6 +117,8 @@ class SlotRing:
         self.pending: deque[int] = deque()
         self.live = [0] * self.slot_count if owner else []   # events each slot still holds
         self.first = [0] * self.slot_count if owner else []  # a chunk's first live event
+        # Sync mode keeps a slot's events as the objects themselves (nobody else reads them).
+        self.objects: list[Any] = [None] * self.slot_count if owner else []
         self.free_events = self.slot_count if owner else 0
         self.counts = dict.fromkeys(CURSORS, 0)
 
@@ -236,6 +238,7 @@ class SlotRing:
         for slot in slots:
             events += self.live[slot]
             self.live[slot] = 0
+            self.objects[slot] = None
             if slot in self._overflow:
                 self._drop_spill(slot)
         self.free.extend(slots)
@@ -254,6 +257,7 @@ class SlotRing:
         self.counts["dropped"] += 1
         if self.live[slot] == 0:
             self.pending.popleft()
+            self.objects[slot] = None
             self._drop_spill(slot)
             self.free.append(slot)
         return True

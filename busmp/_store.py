@@ -39,6 +39,9 @@ __all__ = ["EventStore", "UNDECODABLE"]
 UNDECODABLE = "busmp.undecodable"
 NOT_DISPATCHED = "busmp.EventStore.drain"
 
+#: A slot's events as objects (sync mode): the events, their context, earlier attempts.
+Held = tuple[list[Event], Context | None, int]
+
 
 class EventStore:
     """An event bus over a shared-memory slot ring; see the package docstring for the data flow.
@@ -74,6 +77,7 @@ class EventStore:
         self._config_version = 0
         self._routes: tuple[tuple[int, int], Routes] | None = None
         self._last_read: tuple[tuple[int, int | None], tuple[list[Event], Context, int]] | None = None
+        self._keeps_objects = workers == 0
         self._scheduler = Scheduler(self._fire_timer, name=f"busmp-scheduler-{prefix}")
         try:
             self._executor: Executor = self._make_executor(workers, start_method, prefix)
@@ -148,7 +152,7 @@ class EventStore:
         encoded = encode_one(event, ctx)
         with self._lock:
             self._check_open()
-            self._enqueue(encoded, ctx, timeout)
+            self._enqueue(encoded, ctx, timeout, ([event], ctx, 0))
 
     def subscribe_many(self, events: Iterable[Event], ctx: Context | None = None, *,
                        timeout: float | None = None) -> int:
@@ -166,12 +170,12 @@ class EventStore:
         with self._lock:
             self._check_open()
             for chunk, members in chunks:
-                pieces = [chunk]
+                pieces = [(chunk, members)]
                 if self._ring.free_events < chunk[4] and self._policy is not OverrunPolicy.DROP_OLDEST:
-                    pieces = [encode_one(event, ctx) for event in members]  # as many as fit
-                for piece in pieces:
+                    pieces = [(encode_one(event, ctx), [event]) for event in members]  # as many as fit
+                for piece, held in pieces:
                     try:
-                        self._enqueue(piece, ctx, timeout)
+                        self._enqueue(piece, ctx, timeout, (held, ctx, 0))
                     except (BufferFull, TimeoutError):
                         if accepted == 0:
                             raise
@@ -185,21 +189,29 @@ class EventStore:
         encoded = encode_one(event, ctx, attempts)
         with self._lock:
             self._check_open()
-            self._enqueue(encoded, ctx, None)
+            self._enqueue(encoded, ctx, None, ([event], ctx, attempts))
 
-    def _enqueue(self, encoded: Encoded, ctx: Context | None, timeout: float | None) -> None:
+    def _enqueue(self, encoded: Encoded, ctx: Context | None, timeout: float | None, held: Held) -> None:
         """Make room (per policy), write one slot, append it to the pending list. Under the lock."""
         self._reserve(encoded[4], ctx, timeout)
         slot = self._ring.take(encoded[4])
-        self._write(slot, encoded)
+        self._write(slot, encoded, held)
         self._ring.pending.append(slot)
         self._published += encoded[4]
 
-    def _write(self, slot: int, encoded: Encoded) -> None:
-        """Write a slot; its sequence number is that of its first event."""
+    def _write(self, slot: int, encoded: Encoded, held: Held | None) -> None:
+        """Fill a slot; its sequence number is that of its first event.
+
+        Sync mode keeps the events themselves (``held``): the pickle only proved that they
+        could travel, and handlers get the very objects that were subscribed, as with any
+        in-process bus. Worker mode writes the pickle into shared memory for the workers.
+        """
         payload, flags, route, buffers, events = encoded
         counts = self._ring.counts
-        self._ring.write(slot, counts["written"] + 1, route, payload, flags, buffers)
+        if self._keeps_objects and held is not None:
+            self._ring.objects[slot] = held
+        else:
+            self._ring.write(slot, counts["written"] + 1, route, payload, flags, buffers)
         counts["written"] += events
 
     def _reserve(self, count: int, ctx: Context | None, timeout: float | None) -> None:
@@ -250,8 +262,8 @@ class EventStore:
             self._check_open()
             self._reserve(len(encoded), ctx, timeout)
             slots = [self._ring.take(1) for _ in encoded]
-            for slot, item in zip(slots, encoded):
-                self._write(slot, item)
+            for slot, item, event in zip(slots, encoded, events):
+                self._write(slot, item, ([event], ctx, 0))
             self._published += len(slots)
             self._in_flight += len(slots)
         if on_enqueued is not None:
@@ -263,22 +275,17 @@ class EventStore:
 
     # -- executor host interface --------------------------------------------------
     def claim_items(self, slots: Sequence[int], ticket: Ticket | None) -> tuple[int, Iterator[Item]]:
-        """Sync mode: copy claimed slots out and give them back to the ring at once; the
-        events are decoded lazily, while they are handled, so they die young."""
+        """Sync mode: take the events of claimed slots and give the slots back at once."""
         ring = self._ring
         with self._lock:
-            raws: list[tuple[Any, int, list[Any], int, int]] = []
-            for slot in slots:
-                try:
-                    payload, flags, buffers = ring.read(slot)
-                    raws.append((bytes(payload), flags, buffers, ring.first[slot], ring.first[slot] + ring.live[slot]))
-                except Exception as exc:  # a damaged header: its events become dead letters
-                    raws.append((b"", -1, [exc], ring.first[slot], ring.first[slot] + ring.live[slot]))
+            runs = [(*ring.objects[slot], ring.first[slot], ring.first[slot] + ring.live[slot]) for slot in slots]
             events = ring.release(list(slots))
             ring.counts["published"] += events
             ring.sync_header()
             self._room.notify_all()
-        return events, (item for raw in raws for item in self._items_from(*raw, ticket))
+        items = (Item(event, ctx if ctx is not None else BACKGROUND, attempts, ticket)
+                 for held, ctx, attempts, start, stop in runs for event in held[start:stop])
+        return events, items
 
     def _read_slot(self, slot: int, seq: int | None = None) -> tuple[list[Event], Context, int]:
         """What a slot holds, decoded; an undecodable slot reads as placeholder events.
@@ -298,27 +305,6 @@ class EventStore:
             decoded = ([Event(UNDECODABLE, bytes(payload))] * CHUNK_MAX, BACKGROUND, 0)
         self._last_read = (key, decoded)
         return decoded
-
-    def _items_from(self, payload: Any, flags: int, buffers: list[Any], start: int, stop: int,
-                    ticket: Ticket | None) -> list[Item]:
-        """Events ``start:stop`` of an encoded slot (flags -1: the slot could not be read)."""
-        try:
-            if flags == -1:
-                raise buffers[0]
-            events, ctx, attempts = decode_events(payload, flags, buffers)
-        except Exception as exc:
-            # Charged to these events alone, as a failed invocation each, as in a worker.
-            for _ in range(start, stop):
-                self._undecodable(bytes(payload), exc, ticket)
-            return []
-        ctx = ctx if ctx is not None else BACKGROUND
-        return [Item(event, ctx, attempts, ticket) for event in events[start:stop]]
-
-    def _undecodable(self, raw: bytes, error: Exception, ticket: Ticket | None) -> None:
-        self.accounting.count(1, 1)
-        self.accounting.dead_letter(Event(UNDECODABLE, raw), error, 1, "busmp.codec.decode_event")
-        if ticket is not None:
-            ticket.errors.append(error)
 
     def item_at(self, slot: int, seq: int, index: int, ticket: Ticket | None) -> Item:
         """Worker mode: event ``index`` of a slot a worker reported on, decoded again here for hooks and DLQ."""
@@ -341,7 +327,7 @@ class EventStore:
                 if self._ring.free_events < 1:
                     break
                 slot = self._ring.take(1)
-                self._write(slot, item)
+                self._write(slot, item, None)
                 placed.append(slot)
         return placed
 
@@ -395,7 +381,7 @@ class EventStore:
         with self._lock:
             ring = self._ring
             for slot in ring.take_pending():
-                events = self._read_slot(slot)[0]
+                events = ring.objects[slot][0] if self._keeps_objects else self._read_slot(slot)[0]
                 for event in events[ring.first[slot]: ring.first[slot] + ring.live[slot]]:
                     self._dead_on_close(event, "never published")
             self._closed = True

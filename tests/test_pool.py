@@ -95,14 +95,12 @@ class RefusesToLoad:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("workers", [0, 1])
-def test_an_undecodable_event_is_one_dead_letter_and_the_rest_go_on(workers):
+def test_an_undecodable_event_is_one_dead_letter_and_the_rest_go_on():
     from busmp import DeadLetterQueue
 
     d = Dispatcher()
-    seen: list[int] = []
-    d.register("p", lambda ctx, ev: seen.append(ev.data))
-    with EventStore(d, 64, workers=workers, start_method="fork", dlq=DeadLetterQueue()) as store:
+    d.register("p", lambda ctx, ev: None)
+    with EventStore(d, 64, workers=1, start_method="fork", dlq=DeadLetterQueue()) as store:
         store.subscribe(Event("p", 1))
         store.subscribe(Event("p", RefusesToLoad(), id="bad"))
         store.subscribe(Event("p", 2))
@@ -113,9 +111,7 @@ def test_an_undecodable_event_is_one_dead_letter_and_the_rest_go_on(workers):
         assert letters[0].handler == "busmp.codec.decode_event"
         assert "cannot be rebuilt here" in str(letters[0].error)
         assert letters[0].event.projection == "busmp.undecodable"
-        assert store.metrics().errors == 1
-    if workers == 0:
-        assert seen == [1, 2]
+        assert store.metrics() == (3, 3, 1)
 
 
 def fan_out_three(ctx, ev):

@@ -14,6 +14,7 @@ from busmp import (
     RETURN_ERROR,
     BusError,
     Context,
+    DeadLetterQueue,
     Dispatcher,
     Event,
     EventStore,
@@ -105,6 +106,36 @@ def test_handler_receives_the_event_as_subscribed_with_id_data_and_args_intact()
         store.publish()
     assert received == [event]
     assert received[0].id == "caller-id-1"
+
+
+def test_sync_handlers_receive_the_very_objects_subscribed():
+    """Sync mode hands over the objects themselves, as any in-process bus does; the pickle
+    taken at subscribe only proves that the event could travel to a worker."""
+    received = []
+    d = Dispatcher()
+    d.register("p", lambda ctx, ev: received.append(ev))
+    one, many, grouped = Event("p", {"n": 1}), [Event("p", {"n": i}) for i in range(40)], Event("p", [])
+    with EventStore(d, 64) as store:
+        store.subscribe(one)
+        store.subscribe_many(many)
+        store.publish()
+        with store.begin_transaction() as tx:
+            tx.publish(grouped)
+    assert len(received) == 42
+    assert all(got is sent for got, sent in zip(received, [one, *many, grouped]))
+
+
+def test_events_never_published_become_dead_letters_as_subscribed():
+    d = Dispatcher()
+    dlq = DeadLetterQueue()
+    events = [Event("p", i) for i in range(5)]
+    store = EventStore(d, 8, dlq=dlq)
+    store.subscribe_many(events[:3])
+    store.subscribe(events[3])
+    store.subscribe(events[4])
+    store.drain()
+    assert [dl.event for dl in dlq.entries()] == events
+    assert all(dl.event is ev for dl, ev in zip(dlq.entries(), events))
 
 
 @pytest.mark.parametrize("size", [0, 100, 1_000, 100_000, 1_000_000])
