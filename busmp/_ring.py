@@ -60,6 +60,7 @@ import numpy as np
 
 from . import _shm
 from ._codec import FLAG_OVERFLOW
+from ._errors import BufferFull
 from ._spill import SpillMaps, SpillPool, block_size, read_block, write_block
 
 __all__ = [
@@ -84,6 +85,7 @@ SLOT_HEADER = struct.Struct("<QqII")  # seq, route, length, flags
 SLOT_HEADER_SIZE = 32                 # the struct, padded so payloads start 32-byte aligned
 MIN_SLOT_SIZE = SLOT_HEADER_SIZE + 64  # room for a spill block's name
 DEFAULT_SLOT_SIZE = 512
+MIB = 1 << 20
 
 SPIN_ALLOWED = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
@@ -128,7 +130,14 @@ class SlotRing:
         if slot_size < MIN_SLOT_SIZE:
             raise ValueError(f"slot_size must be at least {MIN_SLOT_SIZE} bytes, got {slot_size}")
         slot_size = -(-slot_size // 8) * 8  # keep every slot header 8-byte aligned
-        shm = _shm.create_with_header(name or _shm.new_prefix() + "_ring", HEADER_SIZE + slot_count * slot_size,
+        size = HEADER_SIZE + slot_count * slot_size
+        available = _shm.room(free=False)
+        if available is not None and size > available:
+            raise ValueError(
+                f"a ring of {slot_count} slots x {slot_size} bytes needs {size / MIB:.0f} MiB of shared "
+                f"memory, but {_shm.SHM_DIR} holds only {available / MIB:.0f} MiB; lower buffer_size "
+                "or slot_size, or give the machine more shared memory (docker: --shm-size)")
+        shm = _shm.create_with_header(name or _shm.new_prefix() + "_ring", size,
                                       HEADER_DTYPE, magic=MAGIC, version=VERSION, slot_count=slot_count,
                                       slot_size=slot_size)
         return cls(shm, owner=True)
@@ -200,6 +209,21 @@ class SlotRing:
         return gathered
 
     # -- spill blocks: events larger than a slot, and out-of-band buffers -----------
+    def check_spill_room(self, payload: bytes, buffers: Sequence[memoryview]) -> None:
+        """Raise ``BufferFull`` if this event would need a new spill block that shared memory
+        has no room for; called before anything is taken, so a refused event changes nothing."""
+        if not buffers and len(payload) <= self.capacity:
+            return
+        size = block_size([payload, *buffers])
+        if self._pool.has(size):
+            return
+        available = _shm.room(free=True)
+        if available is not None and size > available:
+            raise BufferFull(
+                f"the event needs a {size / MIB:.1f} MiB shared-memory block but {_shm.SHM_DIR} has only "
+                f"{available / MIB:.1f} MiB free; send smaller events, publish and flush to free "
+                "blocks, or give the machine more shared memory (docker: --shm-size)")
+
     def _spill(self, slot: int, payload: bytes, buffers: Sequence[memoryview]) -> bytes:
         self._drop_spill(slot)
         pieces = [payload, *buffers]

@@ -15,9 +15,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PREFIX", "new_prefix", "create", "create_with_header", "attach", "release", "unlink_quietly"]
+__all__ = [
+    "PREFIX", "new_prefix", "create", "create_with_header", "attach", "release", "unlink_quietly", "room",
+]
 
 PREFIX = "busmp_"
+SHM_DIR = "/dev/shm"  # where POSIX shared memory lives on Linux; a tmpfs of limited size
 
 
 def new_prefix() -> str:
@@ -37,6 +40,19 @@ def create_with_header(name: str, size: int, dtype: np.dtype[Any], **fields: int
         header[key] = value
     del header  # no view may outlive the block's close()
     return shm
+
+
+def room(free: bool) -> int | None:
+    """Bytes of shared memory the system has (``free``: now; else at all), None if unknown.
+
+    A block larger than that is created without complaint (the file is sparse) but the
+    process dies of SIGBUS when it writes past the end of the tmpfs, so busmp asks first.
+    """
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return None  # no /dev/shm (not Linux): nothing to ask
+    return (st.f_bavail if free else st.f_blocks) * st.f_frsize
 
 
 def attach(name: str) -> shared_memory.SharedMemory:

@@ -82,6 +82,10 @@ class SpillPool:
         self._kept_bytes = 0
         self._count = 0
 
+    def has(self, size: int) -> bool:
+        """Whether a kept block would serve ``size`` bytes (no new shared memory needed)."""
+        return bool(self._kept.get(_size_class(size)))
+
     def take(self, size: int) -> shared_memory.SharedMemory:
         size_class = _size_class(size)
         kept = self._kept.get(size_class)

@@ -193,6 +193,8 @@ class EventStore:
 
     def _enqueue(self, encoded: Encoded, ctx: Context | None, timeout: float | None, held: Held) -> None:
         """Make room (per policy), write one slot, append it to the pending list. Under the lock."""
+        if not self._keeps_objects:
+            self._ring.check_spill_room(encoded[0], encoded[3])
         self._reserve(encoded[4], ctx, timeout)
         slot = self._ring.take(encoded[4])
         self._write(slot, encoded, held)
@@ -260,6 +262,9 @@ class EventStore:
         ticket = Ticket()
         with self._lock:
             self._check_open()
+            if not self._keeps_objects:
+                for item in encoded:
+                    self._ring.check_spill_room(item[0], item[3])
             self._reserve(len(encoded), ctx, timeout)
             slots = [self._ring.take(1) for _ in encoded]
             for slot, item, event in zip(slots, encoded, events):

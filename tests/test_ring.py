@@ -173,3 +173,45 @@ def test_events_travel_as_protocol_5_pickles_of_their_fields():
     assert payload[:2] == b"\x80\x05"
     assert pickle.loads(payload) == ("p", {"k": 1}, "e", {"a": 2})
     assert decode_event(payload, flags) == (event, None, 0)
+
+
+# --------------------------------------------------------------------------- shared-memory room
+
+
+class FakeShm:
+    """What os.statvfs reports for a small /dev/shm: 4 MiB in all, ``free`` MiB free."""
+
+    def __init__(self, free_mib):
+        self.f_frsize, self.f_blocks, self.f_bavail = 4096, 1024, free_mib * 256
+
+
+def small_shm(monkeypatch, free_mib):
+    from busmp import _shm
+
+    real = os.statvfs
+    monkeypatch.setattr(_shm.os, "statvfs", lambda path: FakeShm(free_mib) if path == _shm.SHM_DIR else real(path))
+
+
+def test_a_ring_bigger_than_all_shared_memory_is_refused_with_the_fix(monkeypatch):
+    small_shm(monkeypatch, free_mib=4)
+    with pytest.raises(ValueError, match=r"needs 8 MiB .* holds only 4 MiB; lower buffer_size or slot_size"):
+        SlotRing.create(1 << 14, 512)
+    SlotRing.create(1 << 10, 512).close()  # 512 KiB fits
+
+
+def test_an_event_that_needs_more_shared_memory_than_is_free_is_refused_and_changes_nothing(monkeypatch):
+    from busmp import BufferFull, DeadLetterQueue
+
+    d = Dispatcher()
+    d.register("p", lambda ctx, ev: None)
+    with EventStore(d, 16, workers=1, start_method="fork", dlq=DeadLetterQueue()) as store:
+        seen = []
+        store.on_after(lambda ctx, ev, result, error: seen.append((len(ev.data), error)))
+        small_shm(monkeypatch, free_mib=1)
+        with pytest.raises(BufferFull, match=r"2\.0 MiB shared-memory block .* 1\.0 MiB free"):
+            store.subscribe(Event("p", np.zeros(1 << 18)))  # 2 MiB out of band
+        assert store.stats().pending == 0 and store.metrics().published == 0
+        store.subscribe(Event("p", np.zeros(1 << 10)))  # 8 KiB: fits
+        store.publish()
+        store.flush(timeout=10)
+        assert seen == [(1 << 10, None)] and store.metrics() == (1, 1, 0)
