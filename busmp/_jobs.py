@@ -1,8 +1,9 @@
 """Jobs: how the slots of one publish are cut into work for the workers.
 
 A job names entries ``(slot, seq, start, stop)``: events start..stop-1 of a slot (a slot holds
-one event or a chunk). EVENTS jobs run the per-event handlers and never split a slot; BATCH
-jobs hold exactly one batch call's events and split slots where a batch boundary falls. A
+one event or a chunk). EVENTS jobs run the per-event handlers; BATCH jobs hold exactly one
+batch call's events. Both split a chunk's slot where a job boundary falls: the cost of an
+event is unknown here, and a chunk of slow events must still spread over every worker. A
 group that must keep its order (a transaction, a scheduled event) becomes one job.
 """
 
@@ -22,7 +23,7 @@ __all__ = ["Job", "Planner", "MAX_JOB", "JOBS_PER_WORKER", "SMALL_PUBLISH"]
 
 MAX_JOB = 4096             # events per job: small enough to balance, big enough to amortise
 JOBS_PER_WORKER = 16      # a publish is cut into at least this many jobs per worker (balance)
-SMALL_PUBLISH = 16        # up to this many slots, a publish is planned in plain Python
+SMALL_PUBLISH = 16        # up to this many events, a publish is planned in plain Python
 
 
 @dataclass(eq=False)
@@ -75,16 +76,18 @@ class Planner:
         group's jobs (``ticket``) stay there; the pool feeds the others to whichever worker
         is free, so a publish is cut into several jobs per worker."""
         worker = min(range(self.workers), key=queued.__getitem__)
-        if len(slots) <= SMALL_PUBLISH and not routes.batches:
-            return self._plan_small(slots.tolist(), routes, ticket, worker)
         ring = self._ring
+        if len(slots) <= SMALL_PUBLISH and not routes.batches:
+            listed = slots.tolist()
+            if sum(ring.live[s] for s in listed) <= SMALL_PUBLISH:
+                return self._plan_small(listed, routes, ticket, worker)
         starts = np.fromiter((ring.first[s] for s in slots.tolist()), np.int64, len(slots))
         sizes = np.fromiter((ring.live[s] for s in slots.tolist()), np.int64, len(slots))
         entries = np.stack([slots, ring.seqs(slots), starts, starts + sizes], axis=1)
         hashes = ring.routes(slots)
         jobs: list[Job] = []
         handled = _matches_any(hashes, _handler_hashes(routes))
-        for group in _cut_whole(entries[handled], sizes[handled], self._job_size(int(sizes[handled].sum()), ticket)):
+        for group in _cut_exact(entries[handled], self._job_size(int(sizes[handled].sum()), ticket)):
             jobs.append(Job(self._new_job_id(), worker, EVENTS, group, ticket))
         for key, (projection, batch_routes) in enumerate(routes.batches.items()):
             mine = entries[hashes == hash(projection)]
@@ -117,16 +120,10 @@ class Planner:
         return self._next_job
 
 
-def _cut_whole(entries: np.ndarray, sizes: np.ndarray, size: int) -> list[np.ndarray]:
-    """Consecutive groups of entries of about ``size`` events each; entries stay whole."""
-    if not len(entries):
-        return []
-    group_of = (np.cumsum(sizes) - 1) // size
-    return np.split(entries, np.flatnonzero(np.diff(group_of)) + 1)
-
-
 def _cut_exact(entries: np.ndarray, size: int) -> list[np.ndarray]:
-    """Groups of exactly ``size`` events (the last may be short), splitting entries as needed."""
+    """Groups of exactly ``size`` events (the last may be short), splitting entries as needed.
+
+    Whole entries are taken in one step, so the loop runs per slot, not per event."""
     groups: list[np.ndarray] = []
     current: list[tuple[int, int, int, int]] = []
     room = size

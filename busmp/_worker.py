@@ -37,6 +37,7 @@ __all__ = ["worker_main", "Worker"]
 SPIN_SECONDS = 50e-6
 PARENT_CHECK_SECONDS = 0.5
 _NOTHING = object()  # no projection seen yet
+Decoded = tuple[list[Event], Context, int]  # a slot's events, their context, earlier attempts
 
 def worker_main(ring_name: str, jobs_name: str, results_name: str, doorbell: Any, notify: Any,
                 owner_pid: int) -> None:
@@ -62,6 +63,7 @@ class Worker:
         os.set_blocking(notify_fd, False)
         self.owner = _process(owner_pid)
         self.routes = Routes()
+        self.last_decoded: tuple[tuple[int, int], Decoded | None] = ((-1, -1), None)
         self.want_outcomes = False
         self.handled = 0
         # Per-job state, for the observer callbacks.
@@ -188,9 +190,12 @@ class Worker:
             words[base + CUR_POS] = pos
         self.processed = processed
 
-    def decode(self, slot: int, seq: int, pos: int, count: int) -> tuple[list[Event], Context, int] | None:
+    def decode(self, slot: int, seq: int, pos: int, count: int) -> Decoded | None:
         """A slot's events straight from the ring; None (and ``count`` failures reported,
-        charged to these events alone) if they cannot be decoded."""
+        charged to these events alone) if they cannot be decoded. The last slot decoded is
+        kept: consecutive jobs share a chunk's slot where the planner split it."""
+        if self.last_decoded[0] == (slot, seq):
+            return self.last_decoded[1]
         try:
             payload, flags, buffers = self.ring.read(slot, seq)
             events, ctx, attempts = decode_events(payload, flags, buffers)
@@ -202,7 +207,9 @@ class Worker:
             self.jobs.set_control(CUR_ERRORS, self.errors)
             self.jobs.set_control(CUR_POS, pos + count)
             return None
-        return events, ctx if ctx is not None else BACKGROUND, attempts
+        decoded = (events, ctx if ctx is not None else BACKGROUND, attempts)
+        self.last_decoded = ((slot, seq), decoded)
+        return decoded
 
     def run_batch(self, job: int, entries: Any, key: int, route_index: int) -> None:
         self.start_job(job, entries)

@@ -1,4 +1,4 @@
-"""Cutting a publish into jobs: balance across workers, whole slots for handlers, exact batches."""
+"""Cutting a publish into jobs: balance across workers, chunks split where jobs end, exact batches."""
 
 from __future__ import annotations
 
@@ -38,12 +38,31 @@ def fill(ring, counts, projection="p"):
     return np.array(slots, dtype=np.int64)
 
 
-def test_a_big_publish_is_cut_into_several_jobs_per_worker_without_splitting_slots(ring):
+def covered(jobs):
+    """Every (slot, index) the jobs name, in job order."""
+    return [(slot, i) for job in jobs for slot, _, start, stop in job.entries.tolist() for i in range(start, stop)]
+
+
+def test_a_big_publish_is_cut_into_several_jobs_per_worker(ring):
     slots = fill(ring, [1] * 200)
     jobs = Planner(ring, 2).plan(slots, Routes({"p": (noop,)}), None, [0, 0])
     assert len(jobs) >= 2 * 2 and all(job.kind == EVENTS for job in jobs)  # enough to feed both
     assert sum(job.events for job in jobs) == 200
     assert sorted(np.concatenate([job.slots for job in jobs]).tolist()) == sorted(slots.tolist())
+
+
+def test_chunks_are_split_so_that_a_few_slots_of_slow_events_still_spread(ring):
+    slots = fill(ring, [35] * 12)  # 420 events in 12 slots; each event may take a millisecond
+    jobs = Planner(ring, 2).plan(slots, Routes({"p": (noop,)}), None, [0, 0])
+    assert max(job.events for job in jobs) == -(-420 // 32) and len(jobs) == 30  # ~16 per worker
+    assert covered(jobs) == [(slot, i) for slot in slots.tolist() for i in range(35)]
+    assert all(len(set(job.slots.tolist())) == len(job.slots) for job in jobs)  # a slot once per job
+
+
+def test_two_big_chunks_are_not_a_small_publish(ring):
+    slots = fill(ring, [100, 100])
+    jobs = Planner(ring, 2).plan(slots, Routes({"p": (noop,)}), None, [0, 0])
+    assert len(jobs) > 2 and sum(job.events for job in jobs) == 200
 
 
 def test_a_group_with_a_ticket_is_one_job_on_the_least_busy_worker(ring):
