@@ -14,8 +14,9 @@ Data flow (``workers=N``)::
      ├─ DeadLetterQueue, metrics, statistics; slots freed on DONE; more jobs fed
      └─ emitted events ─▶ straight back into the slot ring as new work
 
-With ``workers=0`` the same pipeline runs inline: ``publish()`` decodes the pending slots and
-calls the handlers itself. See ``_ring`` for the memory layout and who writes which word.
+With ``workers=0`` the same pipeline runs inline: ``subscribe`` still pickles each event (the
+proof that it could travel) but the slot keeps the event object, and ``publish()`` hands the
+objects to the handlers itself. See ``_ring`` for the memory layout and who writes which word.
 """
 
 from ._dispatch import BatchHandler, Dispatcher, Handler, Middleware

@@ -119,12 +119,17 @@ def encode_event(event: Event, ctx: Context | None = None, attempts: int = 0,
     return payload, flags | how, buffers
 
 
-def encode_chunk(events: Sequence[Event], ctx: Context | None = None) -> tuple[bytes, int, list[memoryview]]:
+def encode_chunk(events: Sequence[Event], ctx: Context | None = None,
+                 shared: bool = False) -> tuple[bytes, int, list[memoryview]]:
     """Encode several events as one pickle, by column (see the module docstring): one slot,
-    one ``pickle.dumps``, for a run of events that ``subscribe_many`` received together."""
-    projections = list(map(_projection_of, events))
-    first = projections[0]
-    mixed = not all(map(is_, projections, repeat(first)))
+    one ``pickle.dumps``, for a run of events that ``subscribe_many`` received together.
+    ``shared``: the caller knows that every event carries the same projection object."""
+    first: Any = events[0].projection
+    projections: list[Any] = []
+    mixed = False
+    if not shared:
+        projections = list(map(_projection_of, events))
+        mixed = not all(map(is_, projections, repeat(first)))
     columns = (projections if mixed else first, list(map(_data_of, events)),
                _column(events, _id_of, ""), _column(events, _args_of, None))
     obj: object = columns if ctx is None else (columns, ctx, 0)

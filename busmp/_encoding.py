@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Iterator
-from operator import attrgetter
+from itertools import repeat
+from operator import attrgetter, is_
 from typing import Any
 
 import numpy as np
@@ -74,11 +75,11 @@ def _gc_paused() -> Iterator[None]:
 
 def _encode_many(events: list[Event], ctx: Context | None, capacity: int, max_events: int
                  ) -> list[tuple[Encoded, list[Event]]]:
-    routes = _routes_of(events, ctx)
+    routes, shared = _routes_of(events, ctx)
     chunks: list[tuple[Encoded, list[Event]]] = []
     size = min(CHUNK_START, max_events)
     fits = capacity * 7 // 8  # aim below the slot size: a spilled chunk costs a block
-    for run_start, run_stop in _runs(routes):
+    for run_start, run_stop in [(0, len(events))] if shared else _runs(routes):
         route = routes[run_start]
         i = run_start
         while i < run_stop:
@@ -86,7 +87,7 @@ def _encode_many(events: list[Event], ctx: Context | None, capacity: int, max_ev
             while True:
                 members = events[i:j]
                 payload, flags, buffers = (encode_event(members[0], ctx) if len(members) == 1
-                                           else _encode_chunk(members, ctx))
+                                           else _encode_chunk(members, ctx, shared))
                 per_event = max(1, len(payload) // len(members))
                 size = max(1, min(CHUNK_MAX, max_events, fits // per_event))
                 if buffers:
@@ -110,8 +111,9 @@ def _runs(routes: list[int]) -> list[tuple[int, int]]:
     return list(zip(cuts, cuts[1:]))
 
 
-def _routes_of(events: list[Event], ctx: Context | None) -> list[int]:
-    """The route word (projection hash) of each event, checking every event on the way.
+def _routes_of(events: list[Event], ctx: Context | None) -> tuple[list[int], bool]:
+    """The route word (projection hash) of each event, checking every event on the way, and
+    whether every event carries the very same projection object (the usual batch).
 
     The checks run per distinct type where they can, in C-level ``map`` loops: a batch of
     plain events with str keys costs a few passes over a list, not a function call per event.
@@ -120,7 +122,13 @@ def _routes_of(events: list[Event], ctx: Context | None) -> list[int]:
     if set(map(type, events)) != {Event}:
         for event in events:
             check_event(event, ctx)
+    if not events:
+        return [], False
     projections = list(map(_projection_of, events))
+    first = projections[0]
+    if all(map(is_, projections, repeat(first))):
+        check_event(events[0], ctx)  # one projection: one check, one hash
+        return [hash(first)] * len(events), True
     try:
         routes = list(map(hash, projections))
     except TypeError:
@@ -133,15 +141,15 @@ def _routes_of(events: list[Event], ctx: Context | None) -> list[int]:
         for event in events:
             if type(event.projection) in identity_typed:
                 check_event(event, ctx)
-    return routes
+    return routes, False
 
 
 _projection_of = attrgetter("projection")
 
 
-def _encode_chunk(members: list[Event], ctx: Context | None) -> tuple[bytes, int, list[memoryview]]:
+def _encode_chunk(members: list[Event], ctx: Context | None, shared: bool) -> tuple[bytes, int, list[memoryview]]:
     try:
-        return encode_chunk(members, ctx)
+        return encode_chunk(members, ctx, shared)
     except Exception:
         for event in members:  # find the culprit, for an error that names it
             encode_event(event, ctx)
