@@ -53,7 +53,7 @@ log = logging.getLogger("busmp")
 #: process can deadlock the child; forkserver forks from a clean single-threaded server that
 #: has busmp and numpy preloaded, so workers start nearly as fast as with fork.
 DEFAULT_START_METHOD = "forkserver" if sys.platform.startswith("linux") else "spawn"
-FEED_DEPTH = 3            # jobs a worker holds at once; the rest wait in the parent for it
+FEED_DEPTH = 2            # jobs a worker holds at once (one running, one queued); the rest wait here
 EARLY_DEATHS_ALLOWED = 3  # workers that die before starting, in a row, before we give up
 CRASH_HANDLER = "busmp.worker"
 
