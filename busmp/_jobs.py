@@ -10,13 +10,15 @@ group that must keep its order (a transaction, a scheduled event) becomes one jo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from bisect import bisect_right
 from dataclasses import dataclass
+from itertools import accumulate
 
 import numpy as np
 
 from ._dispatch import Routes
 from ._pipeline import Ticket
-from ._protocol import BATCH, EVENTS
+from ._protocol import BATCH, EVENTS, Entry
 from ._ring import SlotRing
 
 __all__ = ["Job", "Planner", "MAX_JOB", "JOBS_PER_WORKER", "SMALL_PUBLISH"]
@@ -29,36 +31,39 @@ SMALL_PUBLISH = 16        # up to this many events, a publish is planned in plai
 @dataclass(eq=False)
 class Job:
     """Work for one worker: entries ``(slot, seq, start, stop)``, i.e. events start..stop-1
-    of each slot. Positions (``pos``) number the job's events 0..events-1 in order."""
+    of each slot. Positions (``pos``) number the job's events 0..events-1 in order.
+
+    Entries are plain tuples: a job names a few slots, and a one-event publish (the latency
+    path) should not pay numpy's fixed cost per operation."""
 
     id: int
     worker: int
     kind: int
-    entries: np.ndarray
+    entries: list[Entry]
     ticket: Ticket | None = None
     batch: tuple[int, int] = (0, 0)  # (projection index, route index) for BATCH jobs
     events: int = 0
-    _ends: np.ndarray | None = None  # cumulative events per entry, when entries hold several
+    _ends: list[int] | None = None  # cumulative events per entry, when entries hold several
     routes: tuple[Routes, object] | None = None  # the routing snapshot (and its key) planned with
 
     def __post_init__(self) -> None:
-        sizes = self.entries[:, 3] - self.entries[:, 2]
-        self.events = int(sizes.sum())
+        ends = list(accumulate(stop - start for _, _, start, stop in self.entries))
+        self.events = ends[-1] if ends else 0
         if self.events != len(self.entries):
-            self._ends = np.cumsum(sizes)
+            self._ends = ends
 
     @property
-    def slots(self) -> np.ndarray:
-        return self.entries[:, 0]
+    def slots(self) -> list[int]:
+        return [entry[0] for entry in self.entries]
 
     def locate(self, pos: int) -> tuple[int, int, int]:
         """The slot, its sequence number and the index within it of event ``pos``."""
         if self._ends is None:
-            slot, seq, start, _ = self.entries[pos].tolist()
+            slot, seq, start, _ = self.entries[pos]
             return slot, seq, start
-        row = int(np.searchsorted(self._ends, pos, side="right"))
-        slot, seq, start, stop = self.entries[row].tolist()
-        return slot, seq, stop - (int(self._ends[row]) - pos)
+        row = bisect_right(self._ends, pos)
+        slot, seq, start, stop = self.entries[row]
+        return slot, seq, stop - (self._ends[row] - pos)
 
 
 class Planner:
@@ -69,7 +74,7 @@ class Planner:
         self.workers = workers
         self._next_job = 0
 
-    def plan(self, slots: np.ndarray, routes: Routes, ticket: Ticket | None, queued: Sequence[int]) -> list[Job]:
+    def plan(self, listed: list[int], routes: Routes, ticket: Ticket | None, queued: Sequence[int]) -> list[Job]:
         """Cut slots into EVENTS jobs (per-event handlers) and BATCH jobs (batch handlers).
 
         Every job names the least busy worker (``queued``: events each still holds). Only a
@@ -77,12 +82,12 @@ class Planner:
         is free, so a publish is cut into several jobs per worker."""
         worker = min(range(self.workers), key=queued.__getitem__)
         ring = self._ring
-        if len(slots) <= SMALL_PUBLISH and not routes.batches:
-            listed = slots.tolist()
+        if len(listed) <= SMALL_PUBLISH and not routes.batches:
             if sum(ring.live[s] for s in listed) <= SMALL_PUBLISH:
                 return self._plan_small(listed, routes, ticket, worker)
-        starts = np.fromiter((ring.first[s] for s in slots.tolist()), np.int64, len(slots))
-        sizes = np.fromiter((ring.live[s] for s in slots.tolist()), np.int64, len(slots))
+        slots = np.array(listed, dtype=np.int64)
+        starts = np.fromiter((ring.first[s] for s in listed), np.int64, len(listed))
+        sizes = np.fromiter((ring.live[s] for s in listed), np.int64, len(listed))
         entries = np.stack([slots, ring.seqs(slots), starts, starts + sizes], axis=1)
         hashes = ring.routes(slots)
         jobs: list[Job] = []
@@ -99,7 +104,7 @@ class Planner:
     def _plan_small(self, slots: list[int], routes: Routes, ticket: Ticket | None, worker: int) -> list[Job]:
         """A publish of a few events, planned without numpy: what an idle bus waits for."""
         ring, wanted = self._ring, _handler_hash_set(routes)
-        rows = []
+        rows: list[Entry] = []
         for slot in slots:
             seq, route = ring.seq_and_route(slot)
             if route in wanted:
@@ -107,8 +112,7 @@ class Planner:
         parts = 1 if ticket is not None else min(self.workers, len(rows))  # a group stays in order
         size = -(-len(rows) // parts) if rows else 0
         groups = [rows[n * size:(n + 1) * size] for n in range(parts)]
-        return [Job(self._new_job_id(), worker, EVENTS, np.array(group, dtype=np.int64), ticket)
-                for group in groups if group]
+        return [Job(self._new_job_id(), worker, EVENTS, group, ticket) for group in groups if group]
 
     def _job_size(self, events: int, ticket: Ticket | None) -> int:
         if ticket is not None:
@@ -120,12 +124,12 @@ class Planner:
         return self._next_job
 
 
-def _cut_exact(entries: np.ndarray, size: int) -> list[np.ndarray]:
+def _cut_exact(entries: np.ndarray, size: int) -> list[list[Entry]]:
     """Groups of exactly ``size`` events (the last may be short), splitting entries as needed.
 
     Whole entries are taken in one step, so the loop runs per slot, not per event."""
-    groups: list[np.ndarray] = []
-    current: list[tuple[int, int, int, int]] = []
+    groups: list[list[Entry]] = []
+    current: list[Entry] = []
     room = size
     for slot, seq, start, stop in entries.tolist():
         while start < stop:
@@ -134,10 +138,10 @@ def _cut_exact(entries: np.ndarray, size: int) -> list[np.ndarray]:
             start += take
             room -= take
             if room == 0:
-                groups.append(np.array(current, dtype=np.int64))
+                groups.append(current)
                 current, room = [], size
     if current:
-        groups.append(np.array(current, dtype=np.int64))
+        groups.append(current)
     return groups
 
 

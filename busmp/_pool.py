@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import cloudpickle
-import numpy as np
 
 from ._accounting import Accounting
 from ._channel import Channel
@@ -63,7 +62,7 @@ class PoolHost(Protocol):
 
     def routes_and_key(self) -> tuple[Routes, object]: ...
     def item_at(self, slot: int, seq: int, index: int, ticket: Ticket | None) -> Item: ...
-    def release(self, slots: np.ndarray) -> None: ...
+    def release(self, slots: list[int]) -> None: ...
     def finished(self, count: int) -> None: ...
     def place_followups(self, encoded: list[Encoded]) -> list[int]: ...
     def count_followup(self) -> None: ...
@@ -94,7 +93,7 @@ class ProcessExecutor:
         if self._ctx.get_start_method() == "forkserver":
             self._ctx.set_forkserver_preload(["busmp._worker"])
         self._lock = threading.RLock()
-        self._refs = np.zeros(ring.slot_count, dtype=np.int32)
+        self._refs = [0] * ring.slot_count  # jobs that name each slot
         self._planner = Planner(ring, workers)
         self._jobs: dict[int, Job] = {}
         self._next_job = 1
@@ -146,19 +145,20 @@ class ProcessExecutor:
 
     # -- submitting ---------------------------------------------------------------
     def submit(self, slots: Sequence[int], ticket: Ticket | None = None) -> None:
-        arr = np.asarray(slots, dtype=np.int64)
+        listed = list(slots)
         with self._lock:
-            self._ring.counts["published"] += self._ring.live_events(slots)
+            self._ring.counts["published"] += self._ring.live_events(listed)
             self._ring.sync_header()
             routes, key = self._host.routes_and_key()
-            jobs = self._planner.plan(arr, routes, ticket, [h.queued for h in self._handles])
+            jobs = self._planner.plan(listed, routes, ticket, [h.queued for h in self._handles])
             if ticket is not None:
                 ticket.jobs += len(jobs)
-            covered = 0
+            refs, covered = self._refs, 0
             for job in jobs:
-                self._refs[job.slots] += 1  # a job names each slot once
+                for slot, _, _, _ in job.entries:  # a job names each slot once
+                    refs[slot] += 1
                 covered += len(job.entries)
-            idle = arr[self._refs[arr] == 0] if covered < len(arr) or routes.batches else arr[:0]
+            idle = [s for s in listed if refs[s] == 0] if covered < len(listed) or routes.batches else []
             for job in jobs:
                 job.routes = (routes, key)
                 self._jobs[job.id] = job
@@ -306,8 +306,11 @@ class ProcessExecutor:
             handle = self._handles[job.worker]
             if handle.outstanding.pop(job.id, None) is not None:
                 handle.queued -= job.events
-            self._refs[job.slots] -= 1
-            done = job.slots[self._refs[job.slots] == 0]
+            refs, done = self._refs, []
+            for slot, _, _, _ in job.entries:
+                refs[slot] -= 1
+                if refs[slot] == 0:
+                    done.append(slot)
             if self._unassigned and not self._closing:
                 self._feed(set())
         if len(done):

@@ -22,14 +22,13 @@ how far it got, so that the parent can tell, after a crash, exactly which events
 from __future__ import annotations
 
 import struct
-
-import numpy as np
+from collections.abc import Sequence
 
 __all__ = [
     "ROUTES", "EVENTS", "BATCH", "STOP", "OUTCOME", "EMIT", "DONE",
     "ROUTES_HEAD", "JOB_HEAD", "BATCH_HEAD", "OUTCOME_HEAD", "EMIT_HEAD", "DONE_REC",
     "CUR_JOB", "CUR_POS", "CUR_PROCESSED", "CUR_ERRORS", "PID", "HANDLED",
-    "ENTRY_WORDS", "pack_entries", "unpack_entries",
+    "ENTRY_WORDS", "Entry", "pack_entries", "unpack_entries",
 ]
 
 ROUTES, EVENTS, BATCH, STOP = 1, 2, 3, 4
@@ -49,9 +48,13 @@ CUR_JOB, CUR_POS, CUR_PROCESSED, CUR_ERRORS, PID, HANDLED = range(6)
 ENTRY_WORDS = 4  # slot, seq (of the slot's first event), start, stop
 
 
-def pack_entries(entries: np.ndarray) -> bytes:
-    return np.ascontiguousarray(entries, dtype="<i8").tobytes()
+ENTRY = struct.Struct("<4q")
+Entry = tuple[int, int, int, int]
 
 
-def unpack_entries(data: bytes | memoryview, offset: int) -> np.ndarray:
-    return np.frombuffer(data, dtype="<i8", offset=offset).reshape(-1, ENTRY_WORDS)
+def pack_entries(entries: Sequence[Entry]) -> bytes:
+    return b"".join([ENTRY.pack(*entry) for entry in entries])
+
+
+def unpack_entries(data: bytes | memoryview, offset: int) -> list[Entry]:
+    return list(ENTRY.iter_unpack(memoryview(data)[offset:]))

@@ -316,11 +316,10 @@ class EventStore:
         events, ctx, attempts = self._read_slot(slot, seq)
         return Item(events[index], ctx, attempts, ticket)
 
-    def release(self, slots: Any) -> None:
+    def release(self, slots: list[int]) -> None:
         """Worker mode: these slots' events are fully handled; reuse the slots."""
-        freed = [int(slot) for slot in slots]
         with self._lock:
-            events = self._ring.release(freed)
+            events = self._ring.release(slots)
             self._room.notify_all()
         self.finished(events)
 

@@ -28,7 +28,7 @@ from ._event import BACKGROUND, Context, Event, Result, current_emitter
 from ._pipeline import NO_RESULT, Item, run_chunk
 from ._protocol import (
     BATCH, BATCH_HEAD, CUR_ERRORS, CUR_JOB, CUR_POS, CUR_PROCESSED, DONE, DONE_REC, EMIT, EMIT_HEAD,
-    EVENTS, HANDLED, JOB_HEAD, OUTCOME, OUTCOME_HEAD, PID, ROUTES, ROUTES_HEAD, STOP, unpack_entries,
+    EVENTS, HANDLED, JOB_HEAD, OUTCOME, OUTCOME_HEAD, PID, ROUTES, ROUTES_HEAD, STOP, Entry, unpack_entries,
 )
 from ._ring import SPIN_ALLOWED, SlotRing
 
@@ -68,7 +68,7 @@ class Worker:
         self.handled = 0
         # Per-job state, for the observer callbacks.
         self.job = 0
-        self.entries: list[list[int]] = []
+        self.entries: list[Entry] = []
         self.processed = 0
         self.errors = 0
         jobs.set_control(PID, os.getpid())
@@ -129,8 +129,8 @@ class Worker:
             pass  # the pipe is full: the parent has wake-ups enough
 
     # -- jobs ---------------------------------------------------------------------
-    def start_job(self, job: int, entries: Any) -> None:
-        self.entries, self.processed, self.errors = entries.tolist(), 0, 0
+    def start_job(self, job: int, entries: list[Entry]) -> None:
+        self.entries, self.processed, self.errors = entries, 0, 0
         jobs = self.jobs
         jobs.set_control(CUR_POS, 0)
         jobs.set_control(CUR_PROCESSED, 0)
@@ -143,7 +143,7 @@ class Worker:
         self.jobs.set_control(HANDLED, self.handled)  # before DONE: flush() may return on DONE
         self.results.put(DONE, DONE_REC.pack(self.job, self.processed, self.errors), self.wait_for_parent)
 
-    def run_events(self, job: int, entries: Any) -> None:
+    def run_events(self, job: int, entries: list[Entry]) -> None:
         self.start_job(job, entries)
         reset = current_emitter.set(self.emit)
         try:
@@ -211,7 +211,7 @@ class Worker:
         self.last_decoded = ((slot, seq), decoded)
         return decoded
 
-    def run_batch(self, job: int, entries: Any, key: int, route_index: int) -> None:
+    def run_batch(self, job: int, entries: list[Entry], key: int, route_index: int) -> None:
         self.start_job(job, entries)
         projection: Hashable = list(self.routes.batches)[key]
         route: BatchRoute = self.routes.batches[projection][route_index]

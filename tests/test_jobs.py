@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from busmp import Event
@@ -35,12 +34,12 @@ def fill(ring, counts, projection="p"):
         ring.write(slot, seq, hash(projection), payload, flags, buffers)
         slots.append(slot)
         seq += n
-    return np.array(slots, dtype=np.int64)
+    return slots
 
 
 def covered(jobs):
     """Every (slot, index) the jobs name, in job order."""
-    return [(slot, i) for job in jobs for slot, _, start, stop in job.entries.tolist() for i in range(start, stop)]
+    return [(slot, i) for job in jobs for slot, _, start, stop in job.entries for i in range(start, stop)]
 
 
 def test_a_big_publish_is_cut_into_several_jobs_per_worker(ring):
@@ -48,15 +47,15 @@ def test_a_big_publish_is_cut_into_several_jobs_per_worker(ring):
     jobs = Planner(ring, 2).plan(slots, Routes({"p": (noop,)}), None, [0, 0])
     assert len(jobs) >= 2 * 2 and all(job.kind == EVENTS for job in jobs)  # enough to feed both
     assert sum(job.events for job in jobs) == 200
-    assert sorted(np.concatenate([job.slots for job in jobs]).tolist()) == sorted(slots.tolist())
+    assert sorted(slot for job in jobs for slot in job.slots) == sorted(slots)
 
 
 def test_chunks_are_split_so_that_a_few_slots_of_slow_events_still_spread(ring):
     slots = fill(ring, [35] * 12)  # 420 events in 12 slots; each event may take a millisecond
     jobs = Planner(ring, 2).plan(slots, Routes({"p": (noop,)}), None, [0, 0])
     assert max(job.events for job in jobs) == -(-420 // 32) and len(jobs) == 30  # ~16 per worker
-    assert covered(jobs) == [(slot, i) for slot in slots.tolist() for i in range(35)]
-    assert all(len(set(job.slots.tolist())) == len(job.slots) for job in jobs)  # a slot once per job
+    assert covered(jobs) == [(slot, i) for slot in slots for i in range(35)]
+    assert all(len(set(job.slots)) == len(job.slots) for job in jobs)  # a slot once per job
 
 
 def test_two_big_chunks_are_not_a_small_publish(ring):
@@ -68,7 +67,7 @@ def test_two_big_chunks_are_not_a_small_publish(ring):
 def test_a_group_with_a_ticket_is_one_job_on_the_least_busy_worker(ring):
     slots = fill(ring, [1] * 40)
     (job,) = Planner(ring, 2).plan(slots, Routes({"p": (noop,)}), Ticket(), [500, 3])
-    assert job.worker == 1 and job.events == 40 and job.slots.tolist() == slots.tolist()
+    assert job.worker == 1 and job.events == 40 and job.slots == slots
 
 
 def test_a_few_events_are_cut_one_job_per_worker(ring):
@@ -88,11 +87,10 @@ def test_batch_jobs_hold_exactly_one_call_and_split_chunks_where_needed(ring):
     jobs = Planner(ring, 1).plan(slots, routes, None, [0])
     assert [job.kind for job in jobs] == [BATCH] * 4
     assert [job.events for job in jobs] == [3, 3, 3, 1]
-    assert jobs[1].entries[:, 2:].tolist() == [[3, 5], [0, 1]]  # the end of chunk one, start of two
+    assert [entry[2:] for entry in jobs[1].entries] == [(3, 5), (0, 1)]  # end of chunk one, start of two
 
 
 def test_positions_map_back_to_slot_and_index():
-    entries = np.array([[7, 100, 2, 5], [9, 200, 0, 2]], dtype=np.int64)
-    job = Job(1, 0, EVENTS, entries)
+    job = Job(1, 0, EVENTS, [(7, 100, 2, 5), (9, 200, 0, 2)])
     assert job.events == 5
     assert [job.locate(pos) for pos in range(5)] == [(7, 100, 2), (7, 100, 3), (7, 100, 4), (9, 200, 0), (9, 200, 1)]
