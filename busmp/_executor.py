@@ -11,7 +11,7 @@ takes *claimed* slots and gets their events handled, reporting every outcome to 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 from ._accounting import Accounting
@@ -41,6 +41,9 @@ class Executor(Protocol):
 
     def wait(self, ticket: Ticket, timeout: float | None) -> None:
         """Block until every event submitted with ``ticket`` is handled."""
+
+    def help_collect(self, done: Callable[[], bool], seconds: float) -> None:
+        """Take in outcomes in the calling thread for up to ``seconds`` or until ``done()``."""
 
     def shutdown(self, timeout: float | None) -> None:
         """Finish or dead-letter what is in flight, then stop and release everything."""
@@ -87,6 +90,9 @@ class InlineExecutor:
 
     def wait(self, ticket: Ticket, timeout: float | None) -> None:
         return None  # inline work is done when submit() returns
+
+    def help_collect(self, done: Callable[[], bool], seconds: float) -> None:
+        return None
 
     def shutdown(self, timeout: float | None) -> None:
         return None

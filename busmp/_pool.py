@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -93,6 +93,9 @@ class ProcessExecutor:
         if self._ctx.get_start_method() == "forkserver":
             self._ctx.set_forkserver_preload(["busmp._worker"])
         self._lock = threading.RLock()
+        # Held by whoever reads the result channels: the collector thread, or a flush() that
+        # reads for itself for a moment (see help_collect). Each channel has one reader at a time.
+        self._reading = threading.Lock()
         self._refs = [0] * ring.slot_count  # jobs that name each slot
         self._planner = Planner(ring, workers)
         self._jobs: dict[int, Job] = {}
@@ -244,18 +247,41 @@ class ProcessExecutor:
                 watched = fds
             ready = {fd for fd, _ in poller.poll(1000)}
             try:
-                self._drain_pipe()
-                self._drain_all()
-                if self._stop_r in ready:
-                    return  # shutdown() takes over the workers from here
-                for handle in self._handles:
-                    # A dead worker's sentinel is ready; a wake-up by results alone costs no
-                    # waitpid per worker (the poll timeout re-checks them all, to be safe).
-                    process = handle.process
-                    if process is not None and (process.sentinel in ready or not ready) and not process.is_alive():
-                        self._on_death(handle)
+                with self._reading:
+                    self._drain_pipe()
+                    self._drain_all()
+                    if self._stop_r in ready:
+                        return  # shutdown() takes over the workers from here
+                    for handle in self._handles:
+                        # A dead worker's sentinel is ready; a wake-up by results alone costs no
+                        # waitpid per worker (the poll timeout re-checks them all, to be safe).
+                        process = handle.process
+                        if process is not None and (process.sentinel in ready or not ready) and not process.is_alive():
+                            self._on_death(handle)
             except Exception:  # a bug in here must not stop every later result from arriving
                 log.exception("busmp collector: unexpected error; carrying on")
+
+    def help_collect(self, done: Callable[[], bool], seconds: float) -> None:
+        """Read results in the calling thread for up to ``seconds`` or until ``done()``.
+
+        ``flush()`` calls this before it sleeps: a short round trip then costs one wake-up
+        (this thread, by the worker's notify byte) instead of two (the collector thread,
+        then this one). It steps aside at once when the collector is reading; the collector
+        still watches for dying workers.
+        """
+        until = time.monotonic() + seconds
+        while not done():
+            remaining = until - time.monotonic()
+            if remaining <= 0 or not self._reading.acquire(blocking=False):
+                return
+            try:
+                if self._closing:
+                    return
+                if select.select([self._notify_r], [], [], remaining)[0]:
+                    self._drain_pipe()
+                self._drain_all()
+            finally:
+                self._reading.release()
 
     def _drain_pipe(self) -> None:
         try:
@@ -413,6 +439,8 @@ class ProcessExecutor:
             self._closing = True
         os.write(self._stop_w, b"\x01")
         self._collector.join()  # from here on this thread alone reads results
+        with self._reading:
+            pass  # a flush() still reading has finished, and sees _closing from now on
         live = [h for h in self._handles if h.process is not None and h.process.is_alive()]
         for handle in live:
             try:

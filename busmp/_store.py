@@ -38,6 +38,7 @@ __all__ = ["EventStore", "UNDECODABLE"]
 #: Projection of the placeholder event a dead letter carries when a slot could not be decoded.
 UNDECODABLE = "busmp.undecodable"
 NOT_DISPATCHED = "busmp.EventStore.drain"
+HELP_SECONDS = 0.002  # how long flush() reads the workers' results itself before it sleeps
 
 #: A slot's events as objects (sync mode): the events, their context, earlier attempts.
 Held = tuple[list[Event], Context | None, int]
@@ -358,6 +359,8 @@ class EventStore:
             raise RuntimeError("flush() inside a handler or hook would wait for that very "
                                "handler or hook; call it from outside them")
         deadline = _deadline(timeout, None)
+        help_for = HELP_SECONDS if deadline is None else min(HELP_SECONDS, deadline - time.monotonic())
+        self._executor.help_collect(lambda: self._in_flight == 0, help_for)
         with self._lock:
             while self._in_flight > 0:
                 remaining = None if deadline is None else deadline - time.monotonic()
