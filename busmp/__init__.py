@@ -10,6 +10,7 @@ Data flow (``workers=N``)::
    publish() ─ plan jobs (_jobs) ─ feed ─▶ [job channel k] ──▶ decode ─▶ middleware ─▶ handlers
                                                                                            │
    collector thread ◀─ [result channel k: outcomes, emitted events, DONE] ◀────────────────┘
+   (or, for its first 2 ms, the thread waiting in flush() reads the channels itself)
      ├─ hooks (on_before / on_after / on_error) run here, in the parent
      ├─ DeadLetterQueue, metrics, statistics; slots freed on DONE; more jobs fed
      └─ emitted events ─▶ straight back into the slot ring as new work
