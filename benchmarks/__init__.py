@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-WORKLOADS = ("subscribe", "subscribe_publish", "small_events", "cpu_bound", "numpy_payload", "latency")
+WORKLOADS = ("subscribe", "subscribe_publish", "small_events", "cpu_bound", "numpy_payload", "latency", "startup")
 
 
 def load_workload(name: str) -> ModuleType:

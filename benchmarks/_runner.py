@@ -81,9 +81,9 @@ def median(values: list[float]) -> float:
 
 
 def run_values(wl: ModuleType, c: Contender) -> list[float]:
-    """One value per repetition: a rate (work/second) or, for latency, that repetition's p50 in µs."""
+    """One value per repetition: a rate (work/second) or, for latency, that repetition's p50 (see _scale)."""
     if wl.KIND == "latency":
-        return [percentile(s, 0.5) * 1e6 for s in c.samples]
+        return [percentile(s, 0.5) * _scale(wl) for s in c.samples]
     return [wl.WORK / s for s in c.seconds if s > 0]
 
 
@@ -94,8 +94,13 @@ def summary(wl: ModuleType, c: Contender) -> dict[str, Any] | None:
     out: dict[str, Any] = {"median": median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
     if wl.KIND == "latency":
         pooled = [x for s in c.samples for x in s]
-        out["p99"] = percentile(pooled, 0.99) * 1e6
+        out["p99"] = percentile(pooled, 0.99) * _scale(wl)
     return out
+
+
+def _scale(wl: ModuleType) -> float:
+    """Latency samples are seconds; a workload shows them in µs unless it sets SCALE."""
+    return float(getattr(wl, "SCALE", 1e6))
 
 
 def fmt_num(x: float) -> str:
@@ -149,7 +154,8 @@ def _run_once(wl: ModuleType, c: Contender, rep: int, reps: int, timeout: float)
         _progress(f"{head} {c.label}  ({wall:.1f} s wall)")
     elif wl.KIND == "latency":
         s = c.samples[-1]
-        _progress(f"{head} p50 {percentile(s, 0.5) * 1e6:.0f} µs, p99 {percentile(s, 0.99) * 1e6:.0f} µs"
+        _progress(f"{head} p50 {percentile(s, 0.5) * _scale(wl):.0f} {wl.UNIT}, "
+                  f"p99 {percentile(s, 0.99) * _scale(wl):.0f} {wl.UNIT}"
                   f"  ({wall:.1f} s wall)")
     else:
         sec = c.seconds[-1]
