@@ -459,3 +459,34 @@ def test_chunked_subscribe_many_in_workers_keeps_per_event_accounting(start_meth
         assert calls == Counter({(i, True): 2 for i in ids})  # one per-event, one batch outcome
         assert store.metrics() == (100, 200, 0)
         assert store.stats().free_slots == store.stats().slots
+
+
+def test_threads_flushing_at_once_all_return_with_every_outcome_taken_in_once(start_method):
+    """flush() reads results itself for a moment while the collector thread may read too:
+    whoever reads, each outcome is taken in exactly once and every waiter returns."""
+    d = Dispatcher()
+    d.register("p", busy_pid_handler)
+    store = make_store(d, start_method)
+    with running(store):
+        seen = record_after(store)
+        errors = []
+
+        def publish_and_flush(k):
+            try:
+                for n in range(5):
+                    store.subscribe_many(Event("p", id=f"t{k}-{n}-{i}") for i in range(4))
+                    store.publish()
+                    store.flush(timeout=FLUSH)
+            except BaseException as exc:  # reported below: a thread's failure must fail the test
+                errors.append(exc)
+
+        threads = [threading.Thread(target=publish_and_flush, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(FLUSH)
+        assert not errors and not any(t.is_alive() for t in threads)
+        ids = [ev_id for ev_id, *_ in seen]
+        assert len(ids) == 80 and len(set(ids)) == 80
+        assert store.metrics() == (80, 80, 0)
+        assert store.stats().in_flight == 0 and store.stats().free_slots == store.stats().slots
