@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from . import _handlers
+
 # Extra keyword options handed to every busmp ``EventStore`` the suite builds
 # (``--busmp-opt key=value`` on the command line fills it).
 BUSMP_OPTIONS: dict[str, Any] = {}
@@ -104,6 +106,28 @@ def time_busmp_round(projection: str, handler: Any, payloads: list[Any], warm_up
         if accepted != len(events):
             raise Mismatch(f"busmp subscribe_many accepted {accepted} of {len(events)}")
         check_busmp_processed(store, before, len(events))
+        return dt
+    finally:
+        close_busmp_store(store)
+
+
+def time_sync_busmp(produce: Callable[[Any, Any], None], expected: int, publish: bool) -> float:
+    """One sync-store (workers=0) contender run: ``produce(store, Event)`` and, with ``publish``,
+    one ``publish()``, timed; then checked: ``expected`` events accepted (and handled)."""
+    busmp = load_busmp()
+    d = busmp.Dispatcher()
+    d.register("p", _handlers.noop_handler)
+    store = busmp_store(busmp, d, buffer_size=1 << 18, workers=0)
+    try:
+        before = busmp_processed(store)
+        t0 = time.perf_counter()
+        produce(store, busmp.Event)
+        taken = store.publish() if publish else expected
+        dt = time.perf_counter() - t0
+        if store.metrics().published != expected or taken != expected:
+            raise Mismatch(f"busmp accepted {store.metrics().published} and published {taken} of {expected}")
+        if publish:
+            check_busmp_processed(store, before, expected)
         return dt
     finally:
         close_busmp_store(store)

@@ -24,24 +24,14 @@ NOTES = [
 ]
 
 
+def subscribe_each(store: Any, Event: Any) -> None:
+    sub = store.subscribe
+    for i in range(N):
+        sub(Event("p", {"i": i}))
+
+
 def _busmp_subscribe() -> float:
-    busmp = _common.load_busmp()
-    Event = busmp.Event
-    d = busmp.Dispatcher()
-    d.register("p", _handlers.noop_handler)
-    store = _common.busmp_store(busmp, d, buffer_size=1 << 18, workers=0)
-    try:
-        sub = store.subscribe
-        t0 = time.perf_counter()
-        for i in range(N):
-            sub(Event("p", {"i": i}))
-        dt = time.perf_counter() - t0
-        published = store.metrics().published
-        if published != N:
-            raise _common.Mismatch(f"busmp accepted {published} of {N} events")
-        return dt
-    finally:
-        _common.close_busmp_store(store)
+    return _common.time_sync_busmp(subscribe_each, N, publish=False)
 
 
 def python_loop() -> float:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from . import _common, _handlers
-from .subscribe import N, blinker_send, pyee_emit, python_loop
+from . import _common
+from .subscribe import N, blinker_send, pyee_emit, python_loop, subscribe_each
 
 NAME = "subscribe_publish"
 TITLE = "subscribe N + one publish, one no-op handler, sync store (workers=0)"
@@ -23,36 +22,14 @@ NOTES = [
 
 
 def _busmp_subscribe_publish() -> float:
-    def produce(store: Any, Event: Any) -> None:
-        sub = store.subscribe
-        for i in range(N):
-            sub(Event("p", {"i": i}))
-
-    return _busmp_round(produce)
+    return _common.time_sync_busmp(subscribe_each, N, publish=True)
 
 
 def _busmp_subscribe_many_publish() -> float:
-    return _busmp_round(lambda store, Event: store.subscribe_many([Event("p", {"i": i}) for i in range(N)]))
+    def produce(store: Any, Event: Any) -> None:
+        store.subscribe_many([Event("p", {"i": i}) for i in range(N)])
 
-
-def _busmp_round(produce: Any) -> float:
-    """A sync store; ``produce(store, Event)`` and one ``publish()`` timed, then checked."""
-    busmp = _common.load_busmp()
-    d = busmp.Dispatcher()
-    d.register("p", _handlers.noop_handler)
-    store = _common.busmp_store(busmp, d, buffer_size=1 << 18, workers=0)
-    try:
-        before = _common.busmp_processed(store)
-        t0 = time.perf_counter()
-        produce(store, busmp.Event)
-        taken = store.publish()
-        dt = time.perf_counter() - t0
-        if taken != N:
-            raise _common.Mismatch(f"busmp publish() took {taken} of {N} events")
-        _common.check_busmp_processed(store, before, N)
-        return dt
-    finally:
-        _common.close_busmp_store(store)
+    return _common.time_sync_busmp(produce, N, publish=True)
 
 
 def contenders() -> list[tuple[Any, ...]]:
