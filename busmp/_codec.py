@@ -30,6 +30,7 @@ from ._event import Context, Event
 
 __all__ = [
     "FLAG_CLOUDPICKLE", "FLAG_ENVELOPE", "FLAG_OVERFLOW", "FLAG_CHUNK", "FLAG_MIXED",
+    "UNDECODABLE", "DECODE_HANDLER",
     "encode_event", "encode_chunk", "decode_event", "decode_events", "dumps", "portable_exception",
 ]
 
@@ -40,6 +41,11 @@ FLAG_CHUNK = 1 << 3        # payload is a chunk of events by column (from subscr
 FLAG_MIXED = 1 << 4        # a chunk whose events do not all share one projection object
 
 PROTOCOL = 5
+
+#: A slot that cannot be decoded becomes a dead letter of this projection (its raw bytes as
+#: data), charged to this handler name, in the parent and in workers alike.
+UNDECODABLE = "busmp.undecodable"
+DECODE_HANDLER = "busmp.codec.decode_event"
 
 
 #: Buffers at least this big (numpy arrays, ``PickleBuffer``) travel out of band: copied once,

@@ -30,7 +30,7 @@ import cloudpickle
 
 from ._accounting import Accounting
 from ._channel import Channel
-from ._codec import decode_event
+from ._codec import DECODE_HANDLER, UNDECODABLE, decode_event
 from ._dispatch import Routes
 from ._encoding import Encoded
 from ._errors import BusError, RemoteError, StoreClosed, WorkerCrashed
@@ -158,7 +158,7 @@ class ProcessExecutor:
                 ticket.jobs += len(jobs)
             refs, covered = self._refs, 0
             for job in jobs:
-                for slot, _, _, _ in job.entries:  # a job names each slot once
+                for slot in job.slots:  # a job names each slot once
                     refs[slot] += 1
                 covered += len(job.entries)
             idle = [s for s in listed if refs[s] == 0] if covered < len(listed) or routes.batches else []
@@ -333,7 +333,7 @@ class ProcessExecutor:
             if handle.outstanding.pop(job.id, None) is not None:
                 handle.queued -= job.events
             refs, done = self._refs, []
-            for slot, _, _, _ in job.entries:
+            for slot in job.slots:
                 refs[slot] -= 1
                 if refs[slot] == 0:
                     done.append(slot)
@@ -351,7 +351,7 @@ class ProcessExecutor:
         try:
             event, _ctx, _attempts = decode_event(payload, flags)
         except Exception as exc:
-            self._host.accounting.dead_letter(Event("busmp.undecodable", payload), exc, 1, "busmp.codec.decode_event")
+            self._host.accounting.dead_letter(Event(UNDECODABLE, payload), exc, 1, DECODE_HANDLER)
             return
         self._host.count_followup()
         self._backlog.append((payload, flags, hash(event.projection), [], 1))

@@ -28,7 +28,7 @@ __all__ = [
     "ROUTES", "EVENTS", "BATCH", "STOP", "OUTCOME", "EMIT", "DONE",
     "ROUTES_HEAD", "JOB_HEAD", "BATCH_HEAD", "OUTCOME_HEAD", "EMIT_HEAD", "DONE_REC",
     "CUR_JOB", "CUR_POS", "CUR_PROCESSED", "CUR_ERRORS", "PID", "HANDLED",
-    "ENTRY_WORDS", "Entry", "pack_entries", "unpack_entries",
+    "Entry", "pack_entries", "unpack_entries",
 ]
 
 ROUTES, EVENTS, BATCH, STOP = 1, 2, 3, 4
@@ -45,10 +45,9 @@ DONE_REC = struct.Struct("<Qqq")
 CUR_JOB, CUR_POS, CUR_PROCESSED, CUR_ERRORS, PID, HANDLED = range(6)
 
 
-ENTRY_WORDS = 4  # slot, seq (of the slot's first event), start, stop
 
 
-ENTRY = struct.Struct("<4q")
+ENTRY = struct.Struct("<4q")  # slot, seq (of the slot's first event), start, stop
 Entry = tuple[int, int, int, int]
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from . import _shm
 from ._accounting import Accounting, AfterHook, BeforeHook, ErrorHook, inside_hook
-from ._codec import decode_events
+from ._codec import UNDECODABLE, decode_events
 from ._dispatch import BatchHandler, BatchRoute, Dispatcher, Middleware, Routes, check_projection, handler_name
 from ._encoding import CHUNK_MAX, Encoded, encode_many, encode_one
 from ._dlq import DeadLetterQueue
@@ -33,10 +33,8 @@ from ._ring import DEFAULT_SLOT_SIZE, SlotRing
 from ._schedule import Scheduler, Timer, to_seconds, to_timestamp
 from ._transaction import Transaction
 
-__all__ = ["EventStore", "UNDECODABLE"]
+__all__ = ["EventStore"]
 
-#: Projection of the placeholder event a dead letter carries when a slot could not be decoded.
-UNDECODABLE = "busmp.undecodable"
 NOT_DISPATCHED = "busmp.EventStore.drain"
 HELP_SECONDS = 0.002  # how long flush() reads the workers' results itself before it sleeps
 

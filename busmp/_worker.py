@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 from ._channel import Channel
-from ._codec import decode_events, dumps, encode_event, portable_exception
+from ._codec import DECODE_HANDLER, decode_events, dumps, encode_event, portable_exception
 from ._dispatch import BatchRoute, Routes
 from ._errors import RemoteError
 from ._event import BACKGROUND, Context, Event, Result, current_emitter
@@ -202,7 +202,7 @@ class Worker:
         except Exception as exc:
             for n in range(count):
                 self.processed += 1
-                self.report(pos + n, "busmp.codec.decode_event", None, exc)
+                self.report(pos + n, DECODE_HANDLER, None, exc)
             self.jobs.set_control(CUR_PROCESSED, self.processed)
             self.jobs.set_control(CUR_ERRORS, self.errors)
             self.jobs.set_control(CUR_POS, pos + count)
