@@ -150,7 +150,6 @@ class ProcessExecutor:
     def submit(self, slots: Sequence[int], ticket: Ticket | None = None) -> None:
         listed = list(slots)
         with self._lock:
-            self._ring.counts["published"] += self._ring.live_events(listed)
             self._ring.sync_header()
             routes, key = self._host.routes_and_key()
             jobs = self._planner.plan(listed, routes, ticket, [h.queued for h in self._handles])

@@ -247,9 +247,15 @@ class EventStore:
             if not slots:
                 return 0
             events = self._ring.live_events(slots)
-            self._in_flight += events
+            self._hand_off(events)
         self._executor.submit(slots)
         return events
+
+    def _hand_off(self, events: int) -> None:
+        """Events leave the pending list for an executor: in flight, and past the published
+        cursor. Under the lock."""
+        self._in_flight += events
+        self._ring.counts["published"] += events
 
     def _run_now(self, events: Sequence[Event], ctx: Context | None, *, raise_first: bool,
                  on_enqueued: Callable[[], None] | None = None, timeout: float | None = None) -> None:
@@ -269,7 +275,7 @@ class EventStore:
             for slot, item, event in zip(slots, encoded, events):
                 self._write(slot, item, ([event], ctx, 0))
             self._published += len(slots)
-            self._in_flight += len(slots)
+            self._hand_off(len(slots))
         if on_enqueued is not None:
             on_enqueued()
         self._executor.submit(slots, ticket)
@@ -284,7 +290,6 @@ class EventStore:
         with self._lock:
             runs = [(*ring.objects[slot], ring.first[slot], ring.first[slot] + ring.live[slot]) for slot in slots]
             events = ring.release(list(slots))
-            ring.counts["published"] += events
             ring.sync_header()
             self._room.notify_all()
         items = (Item(event, ctx if ctx is not None else BACKGROUND, attempts, ticket)
@@ -332,6 +337,7 @@ class EventStore:
                 slot = self._ring.take(1)
                 self._write(slot, item, None)
                 placed.append(slot)
+            self._ring.counts["published"] += len(placed)  # already counted in flight when emitted
         return placed
 
     def count_followup(self) -> None:
