@@ -29,7 +29,7 @@ from ._errors import HandlerPanic, RemoteError
 from ._event import Context, Event
 
 __all__ = [
-    "FLAG_CLOUDPICKLE", "FLAG_ENVELOPE", "FLAG_OVERFLOW", "FLAG_CHUNK", "FLAG_MIXED",
+    "FLAG_CLOUDPICKLE", "FLAG_ENVELOPE", "FLAG_OVERFLOW", "FLAG_CHUNK", "FLAG_MIXED", "FLAG_PAGED",
     "UNDECODABLE", "DECODE_HANDLER",
     "encode_event", "encode_chunk", "decode_event", "decode_events", "dumps", "portable_exception",
 ]
@@ -39,6 +39,7 @@ FLAG_ENVELOPE = 1 << 1     # payload is (event, ctx, attempts), not a bare Event
 FLAG_OVERFLOW = 1 << 2     # payload lives in its own shared-memory block; the slot holds its name
 FLAG_CHUNK = 1 << 3        # payload is a chunk of events by column (from subscribe_many), not one
 FLAG_MIXED = 1 << 4        # a chunk whose events do not all share one projection object
+FLAG_PAGED = 1 << 5        # payload lives in an arena page of the ring; the slot holds its number
 
 PROTOCOL = 5
 

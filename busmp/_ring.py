@@ -3,7 +3,8 @@
 Layout of the block (all little-endian)::
 
     offset 0      header, a numpy structured array (HEADER_DTYPE), one 64-byte line per cursor
-                    line 0   magic, version, slot_count, slot_size     (written once, at creation)
+                    line 0   magic, version, slot_count, slot_size,
+                             page_count, page_size                     (written once, at creation)
                     line 1   written    events encoded into slots      (parent)
                     line 2   published  events handed to handlers      (parent)
                     line 3   released   slots given back for reuse     (parent)
@@ -13,7 +14,8 @@ Layout of the block (all little-endian)::
                     8   route   i64   hash of the projection, for batch grouping without decoding
                     16  length  u32   payload bytes
                     20  flags   u32   codec flags (cloudpickle, envelope, overflow)
-                    32  payload       the pickle, or the name of its spill block (``_spill``)
+                    32  payload       the pickle, the page that holds it, or its spill block's name
+    then, 4096-aligned, the page arena: ``page_count`` pages of ``page_size`` bytes
 
 Slots are handed out from a free list rather than strictly in ring order, so that back-pressure
 can discard the oldest *pending* event while slots that workers still read stay untouched, and
@@ -40,6 +42,15 @@ __ATOMIC_RELEASE)`` in a small C helper). Without it, busmp on non-x86 does not 
 words: readers look only after a kernel wake-up (a pipe write/read pair), and system calls are
 full barriers. See ``SPIN_ALLOWED``.
 
+Pages: where a chunk lives. ``subscribe_many`` packs a run of events into one pickle (a
+*chunk*); the bigger the chunk, the less every event pays for its slot, its job entry and its
+decoding. A chunk of 256 small events needs a few KiB, far more than a slot should have, so a
+payload too big for its slot but not for a page takes a page from the arena (a free stack, parent
+only, like the slots) and its slot holds ``(page, length)``. Only when every page is taken does a
+payload spill into a block of its own; ``subscribe_many`` then cuts its chunks to slot size
+rather than pay a block per chunk. The arena is a quarter of the slots' bytes (8 MiB by default),
+and like the slots its pages are faulted in only as they are used.
+
 Slot size trade-off: every slot costs ``slot_size`` bytes of shared memory whether the event
 needs them or not (65 536 slots of 512 bytes = 32 MiB, faulted in as they are used), while an
 event bigger than a slot pays for a block of its own (a ``shm_open`` + ``mmap``, some 20 µs). The
@@ -59,24 +70,24 @@ from typing import Any
 import numpy as np
 
 from . import _shm
-from ._codec import FLAG_OVERFLOW
+from ._codec import FLAG_OVERFLOW, FLAG_PAGED
 from ._errors import BufferFull
 from ._spill import SpillMaps, SpillPool, block_size, read_block, write_block
 
 __all__ = [
     "HEADER_DTYPE", "SLOT_HEADER", "SLOT_HEADER_SIZE", "DEFAULT_SLOT_SIZE", "SPIN_ALLOWED",
-    "SlotRing", "CorruptSlot",
+    "PAGE_SIZE", "SlotRing", "CorruptSlot",
 ]
 
 CACHE_LINE = 64
 MAGIC = 0x62_75_73_6D_70_72_6E_67  # "busmprng"
-VERSION = 1
+VERSION = 2
 CURSORS = ("written", "published", "released", "dropped")
 
 HEADER_DTYPE = np.dtype({
-    "names": ["magic", "version", "slot_count", "slot_size", *CURSORS],
-    "formats": ["<u8"] * (4 + len(CURSORS)),
-    "offsets": [0, 8, 16, 24, *(CACHE_LINE * (i + 1) for i in range(len(CURSORS)))],
+    "names": ["magic", "version", "slot_count", "slot_size", "page_count", "page_size", *CURSORS],
+    "formats": ["<u8"] * (6 + len(CURSORS)),
+    "offsets": [0, 8, 16, 24, 32, 40, *(CACHE_LINE * (i + 1) for i in range(len(CURSORS)))],
     "itemsize": CACHE_LINE * (len(CURSORS) + 1),
 })
 HEADER_SIZE = HEADER_DTYPE.itemsize
@@ -85,9 +96,24 @@ SLOT_HEADER = struct.Struct("<QqII")  # seq, route, length, flags
 SLOT_HEADER_SIZE = 32                 # the struct, padded so payloads start 32-byte aligned
 MIN_SLOT_SIZE = SLOT_HEADER_SIZE + 64  # room for a spill block's name
 DEFAULT_SLOT_SIZE = 512
+PAGE_SIZE = 8192        # bytes per arena page: a chunk of 256 small events, with room to spare
+PAGE_REF = struct.Struct("<II")  # what a paged slot holds: page number, payload length
+ARENA_SHARE = 4         # the arena has a quarter of the slots' bytes...
+MIN_PAGES = 4           # ...but at least this many pages (and never more pages than slots)
+PAGE_ALIGN = 4096
 MIB = 1 << 20
 
 SPIN_ALLOWED = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+
+def arena_pages(slot_count: int, slot_size: int) -> int:
+    """Pages in the arena of a ring of ``slot_count`` slots of ``slot_size`` bytes."""
+    return min(slot_count, max(MIN_PAGES, slot_count * slot_size // ARENA_SHARE // PAGE_SIZE))
+
+
+def _arena_offset(slot_count: int, slot_size: int) -> int:
+    end = HEADER_SIZE + slot_count * slot_size
+    return -(-end // PAGE_ALIGN) * PAGE_ALIGN
 
 
 class CorruptSlot(Exception):
@@ -110,8 +136,12 @@ class SlotRing:
         self.slot_count = int(self.header["slot_count"])
         self.slot_size = int(self.header["slot_size"])
         self.capacity = self.slot_size - SLOT_HEADER_SIZE
+        self.page_count = int(self.header["page_count"])
+        self.page_size = int(self.header["page_size"])
+        self.arena_offset = _arena_offset(self.slot_count, self.slot_size)
         self._buf: Any = shm.buf
         self._overflow: dict[int, shared_memory.SharedMemory] = {}  # slot -> its spill block
+        self._paged: dict[int, int] = {}  # slot -> its arena page (parent only)
         self._pool = SpillPool(shm.name)   # the parent's spare spill blocks
         self._maps = SpillMaps()           # a reader's mapped spill blocks
         # Parent-only bookkeeping.
@@ -122,6 +152,7 @@ class SlotRing:
         # Sync mode keeps a slot's events as the objects themselves (nobody else reads them).
         self.objects: list[Any] = [None] * self.slot_count if owner else []
         self.free_events = self.slot_count if owner else 0
+        self.free_pages: list[int] = list(range(self.page_count - 1, -1, -1)) if owner else []
         self.counts = dict.fromkeys(CURSORS, 0)
 
     # -- life cycle ---------------------------------------------------------------
@@ -130,16 +161,18 @@ class SlotRing:
         if slot_size < MIN_SLOT_SIZE:
             raise ValueError(f"slot_size must be at least {MIN_SLOT_SIZE} bytes, got {slot_size}")
         slot_size = -(-slot_size // 8) * 8  # keep every slot header 8-byte aligned
-        size = HEADER_SIZE + slot_count * slot_size
+        pages = arena_pages(slot_count, slot_size)
+        size = _arena_offset(slot_count, slot_size) + pages * PAGE_SIZE
         available = _shm.room(free=False)
         if available is not None and size > available:
             raise ValueError(
-                f"a ring of {slot_count} slots x {slot_size} bytes needs {size / MIB:.0f} MiB of shared "
+                f"a ring of {slot_count} slots x {slot_size} bytes, with its {pages * PAGE_SIZE / MIB:.0f} MiB "
+                f"page arena, needs {size / MIB:.0f} MiB of shared "
                 f"memory, but {_shm.SHM_DIR} holds only {available / MIB:.0f} MiB; lower buffer_size "
                 "or slot_size, or give the machine more shared memory (docker: --shm-size)")
         shm = _shm.create_with_header(name or _shm.new_prefix() + "_ring", size,
                                       HEADER_DTYPE, magic=MAGIC, version=VERSION, slot_count=slot_count,
-                                      slot_size=slot_size)
+                                      slot_size=slot_size, page_count=pages, page_size=PAGE_SIZE)
         return cls(shm, owner=True)
 
     @classmethod
@@ -166,7 +199,10 @@ class SlotRing:
         """Parent only: put an encoded event (and its out-of-band buffers) into ``slot``."""
         off = self.slot_offset(slot)
         if buffers or len(payload) > self.capacity:
-            payload, flags = self._spill(slot, payload, buffers), flags | FLAG_OVERFLOW
+            if self.pages_for(payload, buffers):
+                payload, flags = self._page(slot, payload), flags | FLAG_PAGED
+            else:
+                payload, flags = self._spill(slot, payload, buffers), flags | FLAG_OVERFLOW
         self._buf[off + SLOT_HEADER_SIZE: off + SLOT_HEADER_SIZE + len(payload)] = payload
         SLOT_HEADER.pack_into(self._buf, off, seq, route, len(payload), flags)
 
@@ -184,6 +220,8 @@ class SlotRing:
             raise CorruptSlot(f"slot {slot} claims {length} payload bytes, more than its {self.capacity}")
         start = off + SLOT_HEADER_SIZE
         payload = self._buf[start: start + length]
+        if flags & FLAG_PAGED:
+            return self._paged_payload(slot, payload), flags & ~FLAG_PAGED, []
         if flags & FLAG_OVERFLOW:
             return self._read_spilled(slot, bytes(payload), flags & ~FLAG_OVERFLOW)
         return payload, flags, []
@@ -208,24 +246,62 @@ class SlotRing:
         gathered: np.ndarray = words[slots]
         return gathered
 
-    # -- spill blocks: events larger than a slot, and out-of-band buffers -----------
-    def check_spill_room(self, payload: bytes, buffers: Sequence[memoryview]) -> None:
-        """Raise ``BufferFull`` if this event would need a new spill block that shared memory
-        has no room for; called before anything is taken, so a refused event changes nothing."""
-        if not buffers and len(payload) <= self.capacity:
-            return
-        size = block_size([payload, *buffers])
-        if self._pool.has(size):
-            return
-        available = _shm.room(free=True)
-        if available is not None and size > available:
+    # -- arena pages: chunks and events larger than a slot --------------------------
+    @property
+    def chunk_capacity(self) -> int:
+        """The most bytes a chunk should take: a page, or a slot when there are no pages."""
+        return self.page_size if self.page_count else self.capacity
+
+    def pages_for(self, payload: bytes, buffers: Sequence[memoryview]) -> bool:
+        """Whether a payload too big for a slot would get a page now (parent only)."""
+        return not buffers and len(payload) <= self.page_size and bool(self.free_pages)
+
+    def would_spill(self, payload: bytes, buffers: Sequence[memoryview]) -> bool:
+        """Whether writing this payload now would cost a spill block of its own."""
+        return bool(buffers or len(payload) > self.capacity) and not self.pages_for(payload, buffers)
+
+    def _page(self, slot: int, payload: bytes) -> bytes:
+        self._drop_extra(slot)
+        page = self.free_pages.pop()
+        self._paged[slot] = page
+        start = self.arena_offset + page * self.page_size
+        self._buf[start: start + len(payload)] = payload
+        return PAGE_REF.pack(page, len(payload))
+
+    def _paged_payload(self, slot: int, ref: Any) -> Any:
+        if len(ref) != PAGE_REF.size:
+            raise CorruptSlot(f"slot {slot} is marked paged but holds {len(ref)} bytes, not a page reference")
+        page, length = PAGE_REF.unpack(ref)
+        if page >= self.page_count or length > self.page_size:
+            raise CorruptSlot(f"slot {slot} points at page {page} ({length} bytes); the arena has "
+                              f"{self.page_count} pages of {self.page_size}")
+        start = self.arena_offset + page * self.page_size
+        return self._buf[start: start + length]
+
+    # -- spill blocks: events larger than a page, and out-of-band buffers -----------
+    def check_spill_room(self, encoded: Sequence[tuple[bytes, Sequence[memoryview]]]) -> None:
+        """Raise ``BufferFull`` if these payloads (with their buffers), written in turn, would
+        need new spill blocks that shared memory has no room for; called before anything is
+        taken, so a refused event changes nothing."""
+        pages, needed = len(self.free_pages), 0
+        for payload, buffers in encoded:
+            if not buffers and len(payload) <= self.capacity:
+                continue
+            if not buffers and len(payload) <= self.page_size and pages:
+                pages -= 1
+                continue
+            size = block_size([payload, *buffers])
+            if not self._pool.has(size):
+                needed += size
+        available = _shm.room(free=True) if needed else None
+        if available is not None and needed > available:
             raise BufferFull(
-                f"the event needs a {size / MIB:.1f} MiB shared-memory block but {_shm.SHM_DIR} has only "
+                f"the event needs a {needed / MIB:.1f} MiB shared-memory block but {_shm.SHM_DIR} has only "
                 f"{available / MIB:.1f} MiB free; send smaller events, publish and flush to free "
                 "blocks, or give the machine more shared memory (docker: --shm-size)")
 
     def _spill(self, slot: int, payload: bytes, buffers: Sequence[memoryview]) -> bytes:
-        self._drop_spill(slot)
+        self._drop_extra(slot)
         pieces = [payload, *buffers]
         block = self._pool.take(block_size(pieces))
         write_block(block.buf, pieces)
@@ -239,7 +315,11 @@ class SlotRing:
         payload, buffers = read_block(view)
         return payload, flags, buffers
 
-    def _drop_spill(self, slot: int) -> None:
+    def _drop_extra(self, slot: int) -> None:
+        """Give back the page or spill block that ``slot`` used, if any."""
+        page = self._paged.pop(slot, None)
+        if page is not None:
+            self.free_pages.append(page)
         block = self._overflow.pop(slot, None)
         if block is not None:
             self._pool.give(block)
@@ -263,8 +343,8 @@ class SlotRing:
             events += self.live[slot]
             self.live[slot] = 0
             self.objects[slot] = None
-            if slot in self._overflow:
-                self._drop_spill(slot)
+            if slot in self._paged or slot in self._overflow:
+                self._drop_extra(slot)
         self.free.extend(slots)
         self.free_events += events
         self.counts["released"] += events
@@ -282,7 +362,7 @@ class SlotRing:
         if self.live[slot] == 0:
             self.pending.popleft()
             self.objects[slot] = None
-            self._drop_spill(slot)
+            self._drop_extra(slot)
             self.free.append(slot)
         return True
 

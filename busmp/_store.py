@@ -164,15 +164,12 @@ class EventStore:
         is raised only when not even the first one fits.
         """
         self._check_open()
-        chunks = encode_many(list(events), ctx, self._ring.capacity, self._ring.slot_count)
+        chunks = encode_many(list(events), ctx, self._ring.chunk_capacity, self._ring.slot_count)
         accepted = 0
         with self._lock:
             self._check_open()
             for chunk, members in chunks:
-                pieces = [(chunk, members)]
-                if self._ring.free_events < chunk[4] and self._policy is not OverrunPolicy.DROP_OLDEST:
-                    pieces = [(encode_one(event, ctx), [event]) for event in members]  # as many as fit
-                for piece, held in pieces:
+                for piece, held in self._pieces(chunk, members, ctx):
                     try:
                         self._enqueue(piece, ctx, timeout, (held, ctx, 0))
                     except (BufferFull, TimeoutError):
@@ -181,6 +178,19 @@ class EventStore:
                         return accepted
                     accepted += piece[4]
         return accepted
+
+    def _pieces(self, chunk: Encoded, members: list[Event], ctx: Context | None) -> list[tuple[Encoded, list[Event]]]:
+        """How a chunk goes into the ring: whole, or (rarely) cut smaller. Under the lock.
+
+        Cut to single events when the ring cannot take it whole and the policy would refuse
+        or wait (so that as many events as fit are accepted); cut to slot size when every
+        arena page is taken (a spill block per chunk would cost more than the cutting).
+        """
+        if self._ring.free_events < chunk[4] and self._policy is not OverrunPolicy.DROP_OLDEST:
+            return [(encode_one(event, ctx), [event]) for event in members]
+        if len(members) > 1 and not self._keeps_objects and self._ring.would_spill(chunk[0], chunk[3]):
+            return encode_many(members, ctx, self._ring.capacity, self._ring.slot_count)
+        return [(chunk, members)]
 
     def _resubscribe(self, event: Event, ctx: Context | None, attempts: int) -> None:
         """``subscribe`` for a dead letter's replay: its earlier attempts travel with it."""
@@ -193,7 +203,7 @@ class EventStore:
     def _enqueue(self, encoded: Encoded, ctx: Context | None, timeout: float | None, held: Held) -> None:
         """Make room (per policy), write one slot, append it to the pending list. Under the lock."""
         if not self._keeps_objects:
-            self._ring.check_spill_room(encoded[0], encoded[3])
+            self._ring.check_spill_room([(encoded[0], encoded[3])])
         self._reserve(encoded[4], ctx, timeout)
         slot = self._ring.take(encoded[4])
         self._write(slot, encoded, held)
@@ -268,8 +278,7 @@ class EventStore:
         with self._lock:
             self._check_open()
             if not self._keeps_objects:
-                for item in encoded:
-                    self._ring.check_spill_room(item[0], item[3])
+                self._ring.check_spill_room([(item[0], item[3]) for item in encoded])
             self._reserve(len(encoded), ctx, timeout)
             slots = [self._ring.take(1) for _ in encoded]
             for slot, item, event in zip(slots, encoded, events):

@@ -11,7 +11,7 @@ import pytest
 
 from busmp import Dispatcher, Event, EventStore
 from busmp._codec import FLAG_CLOUDPICKLE, decode_event, encode_event
-from busmp._ring import HEADER_DTYPE, SLOT_HEADER_SIZE, CorruptSlot, SlotRing
+from busmp._ring import HEADER_DTYPE, PAGE_SIZE, SLOT_HEADER_SIZE, CorruptSlot, SlotRing
 
 
 @pytest.fixture
@@ -79,6 +79,50 @@ def test_event_larger_than_a_slot_spills_into_a_block_that_is_reused_then_unlink
     assert spill_blocks(ring) == {block}  # the released block was reused, not re-created
     ring.close()
     assert spill_blocks(ring) == set()
+
+
+def test_payload_bigger_than_a_slot_but_not_a_page_takes_an_arena_page_not_a_block():
+    ring = SlotRing.create(8, 128)
+    assert ring.page_count >= 4 and ring.chunk_capacity == PAGE_SIZE
+    event = Event("p", b"z" * 5000)
+    payload, flags, buffers = encode_event(event)
+    assert ring.capacity < len(payload) <= PAGE_SIZE
+    free = len(ring.free_pages)
+    ring.write(1, 9, 0, payload, flags, buffers)
+    reader = SlotRing.attach(ring.name)
+    try:
+        assert decode_event(*reader.read(1, seq=9))[0] == event  # another mapping reads the page
+        assert spill_blocks(ring) == set() and len(ring.free_pages) == free - 1
+        ring.release([1])
+        assert len(ring.free_pages) == free
+    finally:
+        reader.close()
+        ring.close()
+
+
+def test_when_every_page_is_taken_a_big_payload_spills():
+    ring = SlotRing.create(8, 128)
+    payload, flags, buffers = encode_event(Event("p", b"z" * 5000))
+    for slot in range(ring.page_count):
+        ring.write(slot, slot + 1, 0, payload, flags, buffers)
+    assert ring.free_pages == [] and ring.would_spill(payload, buffers)
+    ring.write(7, 8, 0, payload, flags, buffers)
+    assert len(spill_blocks(ring)) == 1
+    assert decode_event(*ring.read(7, seq=8))[0].data == b"z" * 5000
+    ring.close()
+
+
+def test_a_damaged_page_reference_is_reported_not_followed():
+    ring = SlotRing.create(8, 128)
+    payload, flags, buffers = encode_event(Event("p", b"z" * 5000))
+    ring.write(0, 1, 0, payload, flags, buffers)
+    off = ring.slot_offset(0) + SLOT_HEADER_SIZE
+    ring._buf[off: off + 4] = (ring.page_count + 3).to_bytes(4, "little")
+    try:
+        with pytest.raises(CorruptSlot, match="points at page"):
+            ring.read(0)
+    finally:
+        ring.close()
 
 
 def test_numpy_buffers_travel_out_of_band_and_come_back_as_private_copies():
@@ -149,7 +193,7 @@ def test_store_segment_unlinked_after_drain():
 def test_store_segment_unlinked_when_garbage_collected_without_drain():
     store = EventStore(Dispatcher(), 4)
     path = store_segments(store)
-    store.subscribe(Event("p", b"y" * 5000))  # an overflow block too
+    store.subscribe(Event("p", b"y" * (PAGE_SIZE + 1000)))  # a spill block too
     del store
     gc.collect()
     assert not os.path.exists(path)
@@ -194,7 +238,7 @@ def small_shm(monkeypatch, free_mib):
 
 def test_a_ring_bigger_than_all_shared_memory_is_refused_with_the_fix(monkeypatch):
     small_shm(monkeypatch, free_mib=4)
-    with pytest.raises(ValueError, match=r"needs 8 MiB .* holds only 4 MiB; lower buffer_size or slot_size"):
+    with pytest.raises(ValueError, match=r"2 MiB page arena, needs 10 MiB .* holds only 4 MiB; lower buffer_size or slot_size"):
         SlotRing.create(1 << 14, 512)
     SlotRing.create(1 << 10, 512).close()  # 512 KiB fits
 

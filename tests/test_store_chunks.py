@@ -31,6 +31,39 @@ def test_events_of_one_projection_share_slots():
     assert seen == [("p", i) for i in range(300)]
 
 
+def test_chunks_bigger_than_a_slot_live_in_arena_pages():
+    d, _ = recording_dispatcher("p")
+    seen = []
+    with EventStore(d, 1 << 12, workers=1, start_method="fork") as store:
+        store.on_after(lambda ctx, ev, result, error: seen.append(ev.data))
+        store.subscribe_many(Event("p", i) for i in range(2000))
+        ring = store._ring
+        assert len(ring.pending) <= 2000 // 200  # chunks of hundreds of events, not a slot's worth
+        taken = ring.page_count - len(ring.free_pages)
+        assert len(ring.pending) - 1 <= taken <= len(ring.pending)  # the first, sizing chunk may fit its slot
+        store.publish()
+        store.flush(timeout=30)
+        assert len(ring.free_pages) == ring.page_count  # every page given back
+    assert sorted(seen) == list(range(2000))
+
+
+def test_with_every_page_taken_chunks_are_cut_to_slot_size_not_spilled():
+    import os
+
+    d, _ = recording_dispatcher("p")
+    seen = []
+    with EventStore(d, 1 << 10, workers=1, start_method="fork", slot_size=128) as store:
+        store.on_after(lambda ctx, ev, result, error: seen.append(ev.data))
+        ring = store._ring
+        events = [Event("p", f"{i:08}" * 3) for i in range(1 << 10)]
+        assert store.subscribe_many(events) == len(events)
+        assert ring.free_pages == []  # the arena filled up, and the rest still went in
+        assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"{ring.name}_x")]
+        store.publish()
+        store.flush(timeout=30)
+    assert sorted(seen) == sorted(e.data for e in events)
+
+
 def test_mixed_projections_keep_their_order():
     d, seen = recording_dispatcher("a", "b")
     events = [Event("a" if i % 7 < 4 else "b", i) for i in range(200)]
