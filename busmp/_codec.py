@@ -26,7 +26,7 @@ from typing import Any
 import cloudpickle
 
 from ._errors import HandlerPanic, RemoteError
-from ._event import Context, Event
+from ._event import EVENT_SETTERS, Context, Event
 
 __all__ = [
     "FLAG_CLOUDPICKLE", "FLAG_ENVELOPE", "FLAG_OVERFLOW", "FLAG_CHUNK", "FLAG_MIXED", "FLAG_PAGED",
@@ -181,9 +181,8 @@ def decode_events(payload: Any, flags: int, buffers: Sequence[Any] = ()) -> tupl
     return [event], ctx, attempts
 
 
-# The slots of Event, set directly: Event is frozen, and its __init__ pays an
-# object.__setattr__ call per field; a chunk's events are built column by column instead.
-_SET_FIELDS = tuple(Event.__dict__[name].__set__ for name in ("projection", "data", "id", "args"))
+# A chunk's events are built column by column, each column one C-level pass of a slot setter.
+_SET_FIELDS = EVENT_SETTERS
 _set_projection, _set_data, _set_id, _set_args = _SET_FIELDS
 _consume: Callable[[Iterable[Any]], None] = deque(maxlen=0).extend
 

@@ -26,6 +26,18 @@ def test_event_takes_all_fields_by_keyword():
     assert (event.projection, event.data, event.id, event.args) == ("p", {"x": 1}, "ev-1", {"legacy": True})
 
 
+def test_event_is_constructed_like_its_dataclass_fields_say():
+    assert [f.name for f in dataclasses.fields(Event)] == ["projection", "data", "id", "args"]
+    assert Event("p", 1, "i", {"a": 1}) == Event(projection="p", data=1, id="i", args={"a": 1})
+    assert dataclasses.replace(Event("p", 1), id="x") == Event("p", 1, "x")
+    with pytest.raises(TypeError):
+        Event()  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        Event("p", nonsense=1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        Event("p", 1, "i", None, "extra")  # type: ignore[call-arg]
+
+
 def test_event_is_frozen():
     event = Event("p", data=1)
     with pytest.raises(dataclasses.FrozenInstanceError):
