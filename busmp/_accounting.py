@@ -56,9 +56,6 @@ class Accounting:
     def after(self, item: Item, handler: str, result: Result | None, error: BaseException | None) -> None:
         self.settle(item, handler, result, error, counted=False)
 
-    def event_done(self, item: Item) -> None:
-        return None
-
     def count(self, processed: int, errors: int) -> None:
         with self._lock:
             self.processed += processed
@@ -103,26 +100,26 @@ class Tally:
     """Sync mode's observer: hooks and failures go to the accounting at once, bare successes
     are counted here without a lock (one thread owns a tally) and added when it closes."""
 
-    __slots__ = ("_accounting", "_quiet", "succeeded", "watches_before")
+    __slots__ = ("_accounting", "quiet", "succeeded", "watches_before")
 
     def __init__(self, accounting: Accounting) -> None:
         self._accounting = accounting
-        self._quiet = not accounting.wants_results
+        self.quiet = not accounting.wants_results
         self.watches_before = accounting.watches_before
         self.succeeded = 0
 
     def before(self, item: Item, handler: str) -> None:
-        if not self._quiet:
+        if not self.quiet:
             self._accounting.before(item, handler)
 
     def after(self, item: Item, handler: str, result: Result | None, error: BaseException | None) -> None:
-        if self._quiet and error is None:
+        if self.quiet and error is None:
             self.succeeded += 1
         else:
             self._accounting.after(item, handler, result, error)
 
-    def event_done(self, item: Item) -> None:
-        return None
+    def count_successes(self, n: int) -> None:
+        self.succeeded += n
 
     def close(self) -> None:
         self._accounting.count(self.succeeded, 0)

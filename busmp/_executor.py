@@ -11,13 +11,13 @@ takes *claimed* slots and gets their events handled, reporting every outcome to 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from ._accounting import Accounting
 from ._dispatch import Routes
 from ._event import BACKGROUND, Context, Event
-from ._pipeline import Item, Ticket, run_items
+from ._pipeline import Run, Ticket, run_runs
 
 __all__ = ["Executor", "Host", "InlineExecutor"]
 
@@ -28,7 +28,7 @@ class Host(Protocol):
     accounting: Accounting
 
     def routes(self) -> Routes: ...
-    def claim_items(self, slots: Sequence[int], ticket: Ticket | None) -> tuple[int, Iterator[Item]]: ...
+    def claim_runs(self, slots: Sequence[int], ticket: Ticket | None) -> tuple[int, list[Run]]: ...
     def accept_followup(self, event: Event, ctx: Context | None) -> None: ...
     def finished(self, count: int) -> None: ...
 
@@ -63,30 +63,28 @@ class InlineExecutor:
         self._host = host
 
     def submit(self, slots: Sequence[int], ticket: Ticket | None = None) -> None:
-        self.run(*self._host.claim_items(slots, ticket))
+        self.run(*self._host.claim_runs(slots, ticket))
 
-    def run(self, count: int, items: Iterable[Item]) -> None:
-        """Handle ``count`` items and, breadth first, every follow-up they emit."""
+    def run(self, count: int, runs: list[Run]) -> None:
+        """Handle ``count`` events and, breadth first, every follow-up they emit."""
         host = self._host
         while count:
-            followups: list[Item] = []
+            followups: list[Run] = []
 
             def emit(event: Event, ctx: Context) -> None:
                 host.accept_followup(event, ctx)
-                followups.append(Item(event, ctx if ctx is not None else BACKGROUND))
+                followups.append(([event], ctx if ctx is not None else BACKGROUND, 0, None))
 
-            routes = host.routes()
             tally = host.accounting.tally()
             try:
-                # Batch handlers need every item twice; otherwise they stream, decoded one by one.
-                run_items(list(items) if routes.batches else items, routes, tally, emit)
+                run_runs(runs, host.routes(), tally, emit)
             except BaseException:
                 host.finished(count + len(followups))  # interrupted: nothing stays in flight
                 raise
             finally:
                 tally.close()
             host.finished(count)
-            count, items = len(followups), followups
+            count, runs = len(followups), followups
 
     def wait(self, ticket: Ticket, timeout: float | None) -> None:
         return None  # inline work is done when submit() returns

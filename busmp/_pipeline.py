@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from ._dispatch import BatchRoute, Routes
 from ._event import BACKGROUND, Context, Emitter, Event, Result, current_emitter
 
-__all__ = ["Item", "Ticket", "Observer", "NO_RESULT", "run_items", "chunks"]
+__all__ = ["Item", "Ticket", "Run", "Observer", "Counter", "NO_RESULT", "run_runs", "run_chunk", "chunks"]
 
 
 @dataclass
@@ -43,51 +43,80 @@ class Item:
 NO_RESULT = Result()
 
 
+#: Events that share a context, prior attempts and ticket, as a slot or a follow-up holds them.
+Run = tuple[Sequence[Event], Context, int, Ticket | None]
+_NOTHING = object()  # no projection seen yet
+
+
 class Observer(Protocol):
     watches_before: bool  # False: before() need not be called at all
 
     def before(self, item: Item, handler: str) -> None: ...
     def after(self, item: Item, handler: str, result: Result | None, error: BaseException | None) -> None: ...
-    def event_done(self, item: Item) -> None: ...
 
 
-def run_items(items: Iterable[Item], routes: Routes, observer: Observer, emit: Emitter,
-              catch: type[BaseException] = Exception, batches: bool = True) -> None:
-    """Every per-event handler of every item, then (if ``batches``) every batch handler.
+class Counter(Observer, Protocol):
+    """An observer that may be spared bare successes: with ``quiet``, the pipeline makes no
+    :class:`Item` for an event whose handlers all succeed, and reports only their number."""
 
-    ``emit`` is live throughout, for ``ctx.emit``. ``catch`` is what counts as a handler
-    failure: ``Exception`` in the parent (Ctrl-C still stops the program), ``BaseException``
-    in a worker (the worker must outlive its handlers).
+    quiet: bool
+
+    def count_successes(self, n: int) -> None: ...
+
+
+def run_runs(runs: Iterable[Run], routes: Routes, observer: Counter, emit: Emitter,
+             catch: type[BaseException] = Exception) -> None:
+    """Every per-event handler of every event, then every batch handler.
+
+    The hot loop of sync mode: the chain is looked up once per stretch of one projection, and
+    an :class:`Item` is made only for an outcome that someone watches. ``emit`` is live
+    throughout, for ``ctx.emit``. ``catch`` is what counts as a handler failure: ``Exception``
+    in the parent (Ctrl-C still stops the program).
     """
-    chains_of, after, done = routes.chains, observer.after, observer.event_done
+    chains_of, after = routes.chains, observer.after
     before = observer.before if observer.watches_before else None
+    quiet = observer.quiet and before is None
+    succeeded = 0
     reset = current_emitter.set(emit)
     try:
-        for item in items:
-            for fn, name in chains_of(item.event.projection):
-                if before is not None:
-                    before(item, name)
-                try:
-                    result = fn(item.ctx, item.event)
-                except catch as exc:
-                    after(item, name, None, exc)
-                else:
-                    after(item, name, NO_RESULT if result is None else result, None)
-            done(item)
-        if batches and routes.batches:
-            for route, chunk in batch_chunks(items, routes.batches):
+        for events, ctx, attempts, ticket in runs:
+            projection: object = _NOTHING
+            chain: tuple[tuple[Any, str], ...] = ()
+            for event in events:
+                if event.projection is not projection:
+                    projection = event.projection
+                    chain = chains_of(projection)
+                for fn, name in chain:
+                    item = None
+                    if before is not None:
+                        item = Item(event, ctx, attempts, ticket)
+                        before(item, name)
+                    try:
+                        result = fn(ctx, event)
+                    except catch as exc:
+                        after(item or Item(event, ctx, attempts, ticket), name, None, exc)
+                    else:
+                        if quiet:
+                            succeeded += 1
+                        else:
+                            after(item or Item(event, ctx, attempts, ticket), name,
+                                  NO_RESULT if result is None else result, None)
+        if routes.batches:
+            for route, chunk in batch_chunks(runs, routes.batches):
                 run_chunk(route, chunk, observer, catch)
     finally:
         current_emitter.reset(reset)
+        observer.count_successes(succeeded)
 
 
-def batch_chunks(items: Iterable[Item], batches: dict[Hashable, tuple[BatchRoute, ...]]
+def batch_chunks(runs: Iterable[Run], batches: dict[Hashable, tuple[BatchRoute, ...]]
                  ) -> Iterable[tuple[BatchRoute, Sequence[Item]]]:
-    """Group items by projection (first-seen order) and cut each group per batch route."""
+    """Group the events of batch projections (first-seen order); cut each group per route."""
     groups: dict[Hashable, list[Item]] = {}
-    for item in items:
-        if item.event.projection in batches:
-            groups.setdefault(item.event.projection, []).append(item)
+    for events, ctx, attempts, ticket in runs:
+        for event in events:
+            if event.projection in batches:
+                groups.setdefault(event.projection, []).append(Item(event, ctx, attempts, ticket))
     for projection, group in groups.items():
         for route in batches[projection]:
             for chunk in chunks(group, route.size):

@@ -12,7 +12,7 @@ import multiprocessing
 import threading
 import time
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
@@ -27,7 +27,7 @@ from ._errors import BufferFull, StoreClosed
 from ._event import BACKGROUND, Context, Event, current_emitter
 from ._executor import Executor, InlineExecutor
 from ._metrics import Metrics, Stats
-from ._pipeline import Item, Ticket
+from ._pipeline import Item, Run, Ticket
 from ._policy import OverrunPolicy
 from ._ring import DEFAULT_SLOT_SIZE, SlotRing
 from ._schedule import Scheduler, Timer, to_seconds, to_timestamp
@@ -293,17 +293,21 @@ class EventStore:
             raise ticket.errors[0]
 
     # -- executor host interface --------------------------------------------------
-    def claim_items(self, slots: Sequence[int], ticket: Ticket | None) -> tuple[int, Iterator[Item]]:
+    def claim_runs(self, slots: Sequence[int], ticket: Ticket | None) -> tuple[int, list[Run]]:
         """Sync mode: take the events of claimed slots and give the slots back at once."""
         ring = self._ring
         with self._lock:
-            runs = [(*ring.objects[slot], ring.first[slot], ring.first[slot] + ring.live[slot]) for slot in slots]
+            runs: list[Run] = []
+            for slot in slots:
+                held, ctx, attempts = ring.objects[slot]
+                first = ring.first[slot]
+                if first or ring.live[slot] != len(held):  # the front of a chunk was dropped
+                    held = held[first: first + ring.live[slot]]
+                runs.append((held, ctx if ctx is not None else BACKGROUND, attempts, ticket))
             events = ring.release(list(slots))
             ring.sync_header()
             self._room.notify_all()
-        items = (Item(event, ctx if ctx is not None else BACKGROUND, attempts, ticket)
-                 for held, ctx, attempts, start, stop in runs for event in held[start:stop])
-        return events, items
+        return events, runs
 
     def _read_slot(self, slot: int, seq: int | None = None) -> tuple[list[Event], Context, int]:
         """What a slot holds, decoded; an undecodable slot reads as placeholder events.

@@ -247,9 +247,6 @@ class Worker:
         if error is not None or self.want_outcomes:
             self.report(item.token, handler, result, error)
 
-    def event_done(self, item: Item) -> None:
-        return None  # a batch call reports its progress at the end of the job
-
     def report(self, pos: int, handler: str, result: Result | None, error: BaseException | None) -> None:
         """Send one outcome to the parent; counts it as an error if it is (or becomes) one."""
         if error is not None:
