@@ -40,6 +40,9 @@ HELP_SECONDS = 0.002  # how long flush() reads the workers' results itself befor
 
 #: A slot's events as objects (sync mode): the events, their context, earlier attempts.
 Held = tuple[list[Event], Context | None, int]
+#: What a sync-mode slot keeps: a Held, or for the usual single event with no context and
+#: no earlier attempts the event alone (two objects fewer per pending event for the GC to walk).
+Kept = Held | Event
 
 
 class EventStore:
@@ -151,7 +154,7 @@ class EventStore:
         encoded = encode_one(event, ctx)
         with self._lock:
             self._check_open()
-            self._enqueue(encoded, ctx, timeout, ([event], ctx, 0))
+            self._enqueue(encoded, ctx, timeout, _keep(event, ctx, 0))
 
     def subscribe_many(self, events: Iterable[Event], ctx: Context | None = None, *,
                        timeout: float | None = None) -> int:
@@ -198,9 +201,9 @@ class EventStore:
         encoded = encode_one(event, ctx, attempts)
         with self._lock:
             self._check_open()
-            self._enqueue(encoded, ctx, None, ([event], ctx, attempts))
+            self._enqueue(encoded, ctx, None, _keep(event, ctx, attempts))
 
-    def _enqueue(self, encoded: Encoded, ctx: Context | None, timeout: float | None, held: Held) -> None:
+    def _enqueue(self, encoded: Encoded, ctx: Context | None, timeout: float | None, held: Kept) -> None:
         """Make room (per policy), write one slot, append it to the pending list. Under the lock."""
         if not self._keeps_objects:
             self._ring.check_spill_room([(encoded[0], encoded[3])])
@@ -210,7 +213,7 @@ class EventStore:
         self._ring.pending.append(slot)
         self._published += encoded[4]
 
-    def _write(self, slot: int, encoded: Encoded, held: Held | None) -> None:
+    def _write(self, slot: int, encoded: Encoded, held: Kept | None) -> None:
         """Fill a slot; its sequence number is that of its first event.
 
         Sync mode keeps the events themselves (``held``): the pickle only proved that they
@@ -282,7 +285,7 @@ class EventStore:
             self._reserve(len(encoded), ctx, timeout)
             slots = [self._ring.take(1) for _ in encoded]
             for slot, item, event in zip(slots, encoded, events):
-                self._write(slot, item, ([event], ctx, 0))
+                self._write(slot, item, _keep(event, ctx, 0))
             self._published += len(slots)
             self._hand_off(len(slots))
         if on_enqueued is not None:
@@ -298,12 +301,22 @@ class EventStore:
         ring = self._ring
         with self._lock:
             runs: list[Run] = []
+            singles: list[Event] = []  # consecutive lone events, run together
             for slot in slots:
-                held, ctx, attempts = ring.objects[slot]
+                kept = ring.objects[slot]
+                if type(kept) is not tuple:
+                    singles.append(kept)
+                    continue
+                if singles:
+                    runs.append((singles, BACKGROUND, 0, ticket))
+                    singles = []
+                held, ctx, attempts = kept
                 first = ring.first[slot]
                 if first or ring.live[slot] != len(held):  # the front of a chunk was dropped
                     held = held[first: first + ring.live[slot]]
                 runs.append((held, ctx if ctx is not None else BACKGROUND, attempts, ticket))
+            if singles:
+                runs.append((singles, BACKGROUND, 0, ticket))
             events = ring.release(list(slots))
             ring.sync_header()
             self._room.notify_all()
@@ -405,7 +418,7 @@ class EventStore:
         with self._lock:
             ring = self._ring
             for slot in ring.take_pending():
-                events = ring.objects[slot][0] if self._keeps_objects else self._read_slot(slot)[0]
+                events = _unkeep(ring.objects[slot])[0] if self._keeps_objects else self._read_slot(slot)[0]
                 for event in events[ring.first[slot]: ring.first[slot] + ring.live[slot]]:
                     self._dead_on_close(event, "never published")
             self._closed = True
@@ -481,6 +494,14 @@ class EventStore:
         state = "closed" if self._closed else "open"
         return (f"EventStore({self._ring.slot_count} slots, {self._policy.name}, "
                 f"workers={self._executor.workers}, {state})")
+
+
+def _keep(event: Event, ctx: Context | None, attempts: int) -> Kept:
+    return event if ctx is None and attempts == 0 else ([event], ctx, attempts)
+
+
+def _unkeep(kept: Kept) -> Held:
+    return kept if isinstance(kept, tuple) else ([kept], None, 0)
 
 
 def _validate(dispatcher: object, buffer_size: object, policy: object, workers: object, dlq: object) -> None:

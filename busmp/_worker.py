@@ -168,6 +168,7 @@ class Worker:
         chains, want, report = self.routes.chains, self.want_outcomes, self.report
         words, base = self.progress
         processed = self.processed
+        failed = False  # this event's outcomes changed the error count
         projection: object = _NOTHING
         chain: tuple[tuple[Any, str], ...] = ()
         for event in events:
@@ -179,13 +180,15 @@ class Worker:
                 try:
                     result = fn(ctx, event)
                 except BaseException as exc:  # the worker must outlive its handlers
-                    report(pos, name, None, exc)
+                    failed = report(pos, name, None, exc) or failed
                 else:
                     if want:
-                        report(pos, name, NO_RESULT if result is None else result, None)
+                        failed = report(pos, name, NO_RESULT if result is None else result, None) or failed
             # Progress, so a crash after this point spares this event; CUR_POS last.
             words[base + CUR_PROCESSED] = processed
-            words[base + CUR_ERRORS] = self.errors
+            if failed:
+                words[base + CUR_ERRORS] = self.errors
+                failed = False
             pos += 1
             words[base + CUR_POS] = pos
         self.processed = processed
@@ -247,8 +250,9 @@ class Worker:
         if error is not None or self.want_outcomes:
             self.report(item.token, handler, result, error)
 
-    def report(self, pos: int, handler: str, result: Result | None, error: BaseException | None) -> None:
-        """Send one outcome to the parent; counts it as an error if it is (or becomes) one."""
+    def report(self, pos: int, handler: str, result: Result | None, error: BaseException | None) -> bool:
+        """Send one outcome to the parent; counts it as an error if it is (or becomes) one,
+        and says whether it did."""
         if error is not None:
             error = portable_exception(error)
         try:
@@ -261,6 +265,7 @@ class Worker:
         name = handler.encode()[:0xFFFF]
         head = OUTCOME_HEAD.pack(self.job, pos, len(name), error is not None)
         self.results.put(OUTCOME, head + name + body, self.wait_for_parent)
+        return error is not None
 
     def emit(self, event: Event, ctx: Context) -> None:
         payload, flags, _ = encode_event(event, ctx if ctx is not BACKGROUND else None, out_of_band=False)
