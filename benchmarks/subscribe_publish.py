@@ -17,6 +17,8 @@ NOTES = [
     f"N={N:,}; busmp: N x `subscribe(Event(\"p\", {{\"i\": i}}))` then one `publish()` that runs the handler inline.",
     "busmp subscribe_many: the N events are built in a list comprehension, inside the timed region, "
     "then one `subscribe_many` and one `publish()`.",
+    "busmp subscribe_many, events built before timing: the same, with the N events built before "
+    "the clock starts (as the worker-mode small_events workload does).",
     "Peers deliver each event to the same no-op handler as it is produced.",
 ]
 
@@ -32,10 +34,17 @@ def _busmp_subscribe_many_publish() -> float:
     return _common.time_sync_busmp(produce, N, publish=True)
 
 
+def _busmp_subscribe_many_prebuilt() -> float:
+    Event = _common.load_busmp().Event
+    events = [Event("p", {"i": i}) for i in range(N)]
+    return _common.time_sync_busmp(lambda store, _: store.subscribe_many(events), N, publish=True)
+
+
 def contenders() -> list[tuple[Any, ...]]:
     return [
         ("busmp subscribe+publish (workers=0)", _busmp_subscribe_publish),
         ("busmp subscribe_many+publish (workers=0)", _busmp_subscribe_many_publish),
+        ("busmp subscribe_many+publish, events built before timing (workers=0)", _busmp_subscribe_many_prebuilt),
         (BASELINE, python_loop, "handler(None, {'i': i}) in a for loop"),
         ("pyee EventEmitter.emit", pyee_emit),
         ("blinker Signal.send", blinker_send),
