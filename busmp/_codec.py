@@ -150,8 +150,9 @@ _projection_of, _data_of, _id_of, _args_of = map(attrgetter, ("projection", "dat
 
 def _column(events: Sequence[Event], field: Any, default: object) -> list[Any] | None:
     """The field of every event, or None when every one is the ``default`` object itself."""
-    values = list(map(field, events))
-    return None if all(map(is_, values, repeat(default))) else values
+    if all(map(is_, map(field, events), repeat(default))):
+        return None
+    return list(map(field, events))
 
 
 def decode_event(payload: Any, flags: int, buffers: Sequence[Any] = ()) -> tuple[Event, Context | None, int]:

@@ -75,31 +75,76 @@ def _gc_paused() -> Iterator[None]:
 
 def _encode_many(events: list[Event], ctx: Context | None, capacity: int, max_events: int
                  ) -> list[tuple[Encoded, list[Event]]]:
-    routes, shared = _routes_of(events, ctx)
+    _check_ctx(ctx)
+    shared = _encode_shared(events, ctx, capacity, max_events)
+    if shared is not None:
+        return shared
+    routes = _routes_of(events, ctx)
     chunks: list[tuple[Encoded, list[Event]]] = []
-    size = min(CHUNK_START, max_events)
-    fits = capacity * 7 // 8  # aim below the slot size: a spilled chunk costs a block
-    for run_start, run_stop in [(0, len(events))] if shared else _runs(routes):
-        route = routes[run_start]
+    sizer = _Sizer(capacity, max_events)
+    for run_start, run_stop in _runs(routes):
         i = run_start
         while i < run_stop:
-            j = min(run_stop, i + size)
-            while True:
-                members = events[i:j]
-                payload, flags, buffers = (encode_event(members[0], ctx) if len(members) == 1
-                                           else _encode_chunk(members, ctx, shared))
-                per_event = max(1, len(payload) // len(members))
-                size = max(1, min(CHUNK_MAX, max_events, fits // per_event))
-                if buffers:
-                    # Large buffers gain nothing from sharing a slot, and a reader that must hold
-                    # several at once pays fresh pages for them: big events travel one by one.
-                    fits = size = 1
-                if len(members) == 1 or (len(payload) <= capacity and not buffers):
-                    break
-                j = i + min(size, len(members) - 1)  # too big for a slot: fewer events
-            chunks.append(((payload, flags, route, buffers, len(members)), members))
-            i = j
+            encoded, members = _next_chunk(events, i, run_stop, ctx, routes[i], False, sizer)
+            chunks.append((encoded, members))
+            i += len(members)
     return chunks
+
+
+def _encode_shared(events: list[Event], ctx: Context | None, capacity: int, max_events: int
+                   ) -> list[tuple[Encoded, list[Event]]] | None:
+    """The usual batch, every event an ``Event`` with the very same projection object: checked
+    and encoded chunk by chunk, while a chunk's events are still in the CPU cache (a pass over
+    a whole batch of 100k events costs more than all the chunks' passes together). None as
+    soon as an event does not fit that shape; the caller then takes the general path."""
+    if not events or type(events[0]) is not Event:
+        return None
+    first = events[0].projection
+    check_event(events[0], ctx)  # one projection: one check, one hash
+    route, n = hash(first), len(events)
+    chunks: list[tuple[Encoded, list[Event]]] = []
+    sizer = _Sizer(capacity, max_events)
+    i = 0
+    while i < n:
+        ahead = events[i: i + sizer.size]
+        if set(map(type, ahead)) != {Event} or not all(map(is_, map(_projection_of, ahead), repeat(first))):
+            return None
+        encoded, members = _next_chunk(events, i, n, ctx, route, True, sizer)
+        chunks.append((encoded, members))
+        i += len(members)
+    return chunks
+
+
+class _Sizer:
+    """How many events the next chunk should take, learnt from the pickle of the one before,
+    so that a chunk fits ``capacity`` bytes (a chunk that spills would cost a block)."""
+
+    def __init__(self, capacity: int, max_events: int) -> None:
+        self.capacity, self.max_events = capacity, max_events
+        self.size = min(CHUNK_START, max_events)
+        self.fits = capacity * 7 // 8  # aim below the capacity
+
+    def learn(self, payload_len: int, events: int, buffers: bool) -> None:
+        per_event = max(1, payload_len // events)
+        self.size = max(1, min(CHUNK_MAX, self.max_events, self.fits // per_event))
+        if buffers:
+            # Large buffers gain nothing from sharing a slot, and a reader that must hold
+            # several at once pays fresh pages for them: big events travel one by one.
+            self.fits = self.size = 1
+
+
+def _next_chunk(events: list[Event], i: int, stop: int, ctx: Context | None, route: int, shared: bool,
+                sizer: _Sizer) -> tuple[Encoded, list[Event]]:
+    """The chunk that starts at ``events[i]`` (and ends by ``stop``), shrunk until it fits."""
+    j = min(stop, i + sizer.size)
+    while True:
+        members = events[i:j]
+        payload, flags, buffers = (encode_event(members[0], ctx) if len(members) == 1
+                                   else _encode_chunk(members, ctx, shared))
+        sizer.learn(len(payload), len(members), bool(buffers))
+        if len(members) == 1 or (len(payload) <= sizer.capacity and not buffers):
+            return (payload, flags, route, buffers, len(members)), members
+        j = i + min(sizer.size, len(members) - 1)  # too big: fewer events
 
 
 def _runs(routes: list[int]) -> list[tuple[int, int]]:
@@ -111,24 +156,16 @@ def _runs(routes: list[int]) -> list[tuple[int, int]]:
     return list(zip(cuts, cuts[1:]))
 
 
-def _routes_of(events: list[Event], ctx: Context | None) -> tuple[list[int], bool]:
-    """The route word (projection hash) of each event, checking every event on the way, and
-    whether every event carries the very same projection object (the usual batch).
+def _routes_of(events: list[Event], ctx: Context | None) -> list[int]:
+    """The route word (projection hash) of each event, checking every event on the way.
 
     The checks run per distinct type where they can, in C-level ``map`` loops: a batch of
     plain events with str keys costs a few passes over a list, not a function call per event.
     """
-    _check_ctx(ctx)
     if set(map(type, events)) != {Event}:
         for event in events:
             check_event(event, ctx)
-    if not events:
-        return [], False
     projections = list(map(_projection_of, events))
-    first = projections[0]
-    if all(map(is_, projections, repeat(first))):
-        check_event(events[0], ctx)  # one projection: one check, one hash
-        return [hash(first)] * len(events), True
     try:
         routes = list(map(hash, projections))
     except TypeError:
@@ -141,7 +178,7 @@ def _routes_of(events: list[Event], ctx: Context | None) -> tuple[list[int], boo
         for event in events:
             if type(event.projection) in identity_typed:
                 check_event(event, ctx)
-    return routes, False
+    return routes
 
 
 _projection_of = attrgetter("projection")
