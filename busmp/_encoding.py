@@ -3,8 +3,10 @@
 Every event is checked before anything is enqueued (an ``Event``, a hashable projection that
 survives pickling, a ``Context`` or ``None``), so a bad one leaves the store unchanged.
 ``subscribe`` encodes one event per slot; ``subscribe_many`` packs runs of one projection into
-*chunks*, one pickle per slot, sized from the pickle of the run before so that a chunk fits its
-slot (a chunk that spills would cost a block of its own).
+*chunks*, one pickle each, sized from the pickle of the chunk before so that a chunk fits the
+capacity it is given (an arena page, see ``_ring``; a chunk that spills would cost a block of
+its own). The usual batch, one projection object throughout, is checked and encoded chunk by
+chunk while the chunk is in the CPU cache; any other batch takes the general path.
 """
 
 from __future__ import annotations
