@@ -8,6 +8,7 @@ import pickle
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from busmp import Dispatcher, Event, EventStore
 from busmp._codec import FLAG_CLOUDPICKLE, decode_event, encode_event
@@ -259,3 +260,34 @@ def test_an_event_that_needs_more_shared_memory_than_is_free_is_refused_and_chan
         store.publish()
         store.flush(timeout=10)
         assert seen == [(1 << 10, None)] and store.metrics() == (1, 1, 0)
+
+
+# --------------------------------------------------------------------------- pages, at random
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["write", "release"]), st.sampled_from([10, 200, 3000, PAGE_SIZE, 9000]),
+                          st.integers(0, 7)), max_size=60))
+def test_pages_and_blocks_are_never_shared_lost_or_misread(ops):
+    ring = SlotRing.create(8, 128)
+    held: dict[int, bytes] = {}  # slot -> what it should read back
+    try:
+        for op, size, pick in ops:
+            if op == "write" and ring.free:
+                slot = ring.take(1)
+                data = bytes([slot]) * size
+                payload, flags, buffers = encode_event(Event("p", data))
+                ring.write(slot, slot + 1, 0, payload, flags, buffers)
+                held[slot] = data
+            elif op == "release" and held:
+                slot = sorted(held)[pick % len(held)]
+                ring.release([slot])
+                del held[slot]
+            for slot, data in held.items():
+                assert decode_event(*ring.read(slot, seq=slot + 1))[0].data == data
+            assert len(ring.free_pages) + len(ring._paged) == ring.page_count
+            assert len(set(ring._paged.values())) == len(ring._paged)  # no page serves two slots
+        ring.release(list(held))
+        assert sorted(ring.free_pages) == list(range(ring.page_count)) and not ring._overflow
+    finally:
+        ring.close()
