@@ -20,6 +20,8 @@ proof that it could travel) but the slot keeps the event object, and ``publish()
 objects to the handlers itself. See ``_ring`` for the memory layout and who writes which word.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._dispatch import BatchHandler, Dispatcher, Handler, Middleware
 from ._dlq import DeadLetter, DeadLetterQueue
 from ._errors import BufferFull, BusError, HandlerPanic, RemoteError, StoreClosed, WorkerCrashed
@@ -28,8 +30,10 @@ from ._metrics import Metrics, Stats
 from ._middleware import constant_backoff, exponential_backoff, with_retry
 from ._policy import BLOCK, DROP_OLDEST, RETURN_ERROR, OverrunPolicy
 from ._schedule import Timer
-from ._store import EventStore
 from ._transaction import Transaction
+
+if TYPE_CHECKING:
+    from ._store import EventStore
 
 __all__ = [
     "BLOCK", "DROP_OLDEST", "RETURN_ERROR",
@@ -40,3 +44,19 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # EventStore brings the parent's whole machinery (planner, pool, numpy) with it. It is
+    # imported on first use, so that a worker process, which imports this package on its
+    # way to busmp._worker, starts without it: under spawn that is ~40 % of its start-up.
+    if name == "EventStore":
+        from ._store import EventStore
+
+        globals()["EventStore"] = EventStore
+        return EventStore
+    raise AttributeError(f"module 'busmp' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), "EventStore"])

@@ -25,21 +25,14 @@ from collections.abc import Callable
 from multiprocessing import shared_memory
 from typing import Any
 
-import numpy as np
-
 from . import _shm
 
-__all__ = ["Channel", "CHANNEL_HEADER_DTYPE", "MORE", "ChannelClosed"]
+__all__ = ["Channel", "MORE", "ChannelClosed"]
 
 CACHE_LINE = 64
 MAGIC = 0x62_75_73_6D_70_63_68_6E  # "busmpchn"
-CHANNEL_HEADER_DTYPE = np.dtype({
-    "names": ["magic", "capacity", "head", "tail", "control"],
-    "formats": ["<u8", "<u8", "<u8", "<u8", ("<i8", 8)],
-    "offsets": [0, 8, CACHE_LINE, 2 * CACHE_LINE, 3 * CACHE_LINE],
-    "itemsize": 4 * CACHE_LINE,
-})
-DATA = CHANNEL_HEADER_DTYPE.itemsize
+DATA = 4 * CACHE_LINE
+MAGIC_WORD, CAPACITY_WORD = 0, 1
 HEAD_WORD, TAIL_WORD, CONTROL_WORD = CACHE_LINE // 8, 2 * CACHE_LINE // 8, 3 * CACHE_LINE // 8
 RECORD = struct.Struct("<II")
 WRAP = 0xFFFF_FFFF
@@ -63,17 +56,19 @@ class Channel:
         self.name = shm.name
         self._buf: Any = shm.buf
         self._words: Any = shm.buf[:DATA].cast("q")  # type: ignore[index]
-        header: Any = np.ndarray((), dtype=CHANNEL_HEADER_DTYPE, buffer=shm.buf)
-        if int(header["magic"]) != MAGIC:
+        if self._words[MAGIC_WORD] != MAGIC:
+            self._words.release()
             raise ValueError(f"shared memory block {shm.name!r} is not a busmp channel")
-        self.capacity = int(header["capacity"])
-        del header
+        self.capacity = int(self._words[CAPACITY_WORD])
         self._partial: list[bytes] = []
 
     @classmethod
     def create(cls, name: str, capacity: int) -> Channel:
         capacity = _padded(max(capacity, 4096))
-        shm = _shm.create_with_header(name, DATA + capacity, CHANNEL_HEADER_DTYPE, magic=MAGIC, capacity=capacity)
+        shm = _shm.create(name, DATA + capacity)
+        words = shm.buf[:DATA].cast("q")  # type: ignore[index]
+        words[MAGIC_WORD], words[CAPACITY_WORD] = MAGIC, capacity
+        words.release()
         return cls(shm, owner=True)
 
     @classmethod

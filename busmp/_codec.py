@@ -23,8 +23,6 @@ from itertools import repeat
 from operator import attrgetter, is_
 from typing import Any
 
-import cloudpickle
-
 from ._errors import HandlerPanic, RemoteError
 from ._event import EVENT_SETTERS, Context, Event
 
@@ -68,6 +66,8 @@ def dumps(obj: object, out_of_band: bool = False) -> tuple[bytes, int, list[memo
             buffers: list[memoryview] = []
             return pickle.dumps(obj, PROTOCOL, buffer_callback=_collect_into(buffers)), 0, buffers
     except (pickle.PicklingError, TypeError, AttributeError):
+        import cloudpickle  # on first need only: a worker may never need it (~30 ms to import)
+
         buffers = []
         callback = _collect_into(buffers) if out_of_band else None
         return cloudpickle.dumps(obj, PROTOCOL, buffer_callback=callback), FLAG_CLOUDPICKLE, buffers

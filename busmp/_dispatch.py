@@ -134,9 +134,9 @@ class Routes:
         return chains
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_chains"] = {}  # chains are rebuilt where they run
-        return state
+        # Only what a worker needs: chains are rebuilt where they run, and the planner's
+        # caches (numpy arrays) stay in the parent, so a worker never imports numpy for them.
+        return {"handlers": self.handlers, "batches": self.batches, "middleware": self.middleware, "_chains": {}}
 
 
 def wrap(handler: Handler, middleware: Sequence[Middleware]) -> Handler:

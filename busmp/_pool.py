@@ -91,7 +91,9 @@ class ProcessExecutor:
         self._prefix = prefix
         self._ctx: Any = mp.get_context(start_method or DEFAULT_START_METHOD)
         if self._ctx.get_start_method() == "forkserver":
-            self._ctx.set_forkserver_preload(["busmp._worker"])
+            # numpy too: busmp's workers no longer import it, but the main module a worker
+            # re-imports often does, and the server then pays for it once, not every worker.
+            self._ctx.set_forkserver_preload(["busmp._worker", "numpy"])
         self._lock = threading.RLock()
         # Held by whoever reads the result channels: the collector thread, or a flush() that
         # reads for itself for a moment (see help_collect). Each channel has one reader at a time.

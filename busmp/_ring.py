@@ -2,7 +2,7 @@
 
 Layout of the block (all little-endian)::
 
-    offset 0      header, a numpy structured array (HEADER_DTYPE), one 64-byte line per cursor
+    offset 0      header, a numpy structured array (``header_dtype()``), one 64-byte line per cursor
                     line 0   magic, version, slot_count, slot_size,
                              page_count, page_size                     (written once, at creation)
                     line 1   written    events encoded into slots      (parent)
@@ -60,22 +60,24 @@ larger, lower it for huge rings of tiny events.
 
 from __future__ import annotations
 
-import platform
+import os
 import struct
 from collections import deque
 from collections.abc import Sequence
 from multiprocessing import shared_memory
-from typing import Any
-
-import numpy as np
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from . import _shm
 from ._codec import FLAG_OVERFLOW, FLAG_PAGED
 from ._errors import BufferFull
 from ._spill import SpillMaps, SpillPool, block_size, read_block, write_block
 
+if TYPE_CHECKING:
+    import numpy as np
+
 __all__ = [
-    "HEADER_DTYPE", "SLOT_HEADER", "SLOT_HEADER_SIZE", "DEFAULT_SLOT_SIZE", "SPIN_ALLOWED",
+    "header_dtype", "SLOT_HEADER", "SLOT_HEADER_SIZE", "DEFAULT_SLOT_SIZE", "SPIN_ALLOWED",
     "PAGE_SIZE", "SlotRing", "CorruptSlot",
 ]
 
@@ -84,13 +86,24 @@ MAGIC = 0x62_75_73_6D_70_72_6E_67  # "busmprng"
 VERSION = 2
 CURSORS = ("written", "published", "released", "dropped")
 
-HEADER_DTYPE = np.dtype({
-    "names": ["magic", "version", "slot_count", "slot_size", "page_count", "page_size", *CURSORS],
-    "formats": ["<u8"] * (6 + len(CURSORS)),
-    "offsets": [0, 8, 16, 24, 32, 40, *(CACHE_LINE * (i + 1) for i in range(len(CURSORS)))],
-    "itemsize": CACHE_LINE * (len(CURSORS) + 1),
-})
-HEADER_SIZE = HEADER_DTYPE.itemsize
+GEOMETRY = struct.Struct("<6Q")  # line 0: magic, version, slot_count, slot_size, page_count, page_size
+
+
+@cache
+def header_dtype() -> np.dtype[Any]:
+    """The header as a numpy structured dtype. numpy is imported here, not with the module:
+    a worker never looks at the header, and a spawned worker should not pay ~100 ms for numpy."""
+    import numpy as np
+
+    return np.dtype({
+        "names": ["magic", "version", "slot_count", "slot_size", "page_count", "page_size", *CURSORS],
+        "formats": ["<u8"] * (6 + len(CURSORS)),
+        "offsets": [*range(0, GEOMETRY.size, 8), *(CACHE_LINE * (i + 1) for i in range(len(CURSORS)))],
+        "itemsize": CACHE_LINE * (len(CURSORS) + 1),
+    })
+
+
+HEADER_SIZE = CACHE_LINE * (len(CURSORS) + 1)
 
 SLOT_HEADER = struct.Struct("<QqII")  # seq, route, length, flags
 SLOT_HEADER_SIZE = 32                 # the struct, padded so payloads start 32-byte aligned
@@ -103,7 +116,8 @@ MIN_PAGES = 4           # ...but at least this many pages (and never more pages 
 PAGE_ALIGN = 4096
 MIB = 1 << 20
 
-SPIN_ALLOWED = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+SPIN_ALLOWED = (os.uname().machine if hasattr(os, "uname") else os.environ.get("PROCESSOR_ARCHITECTURE", "")
+                ).lower() in ("x86_64", "amd64", "i386", "i686")
 
 
 def arena_pages(slot_count: int, slot_size: int) -> int:
@@ -130,14 +144,13 @@ class SlotRing:
         self._shm = shm
         self.owner = owner
         self.name = shm.name
-        self.header: Any = np.ndarray((), dtype=HEADER_DTYPE, buffer=shm.buf)
-        if int(self.header["magic"]) != MAGIC:
+        buf: Any = shm.buf
+        magic, _version, slot_count, slot_size, page_count, page_size = map(int, GEOMETRY.unpack_from(buf))
+        self.slot_count, self.slot_size, self.page_count, self.page_size = slot_count, slot_size, page_count, page_size
+        if magic != MAGIC:
             raise CorruptSlot(f"shared memory block {shm.name!r} is not a busmp slot ring")
-        self.slot_count = int(self.header["slot_count"])
-        self.slot_size = int(self.header["slot_size"])
+        self._header: Any = None
         self.capacity = self.slot_size - SLOT_HEADER_SIZE
-        self.page_count = int(self.header["page_count"])
-        self.page_size = int(self.header["page_size"])
         self.arena_offset = _arena_offset(self.slot_count, self.slot_size)
         self._buf: Any = shm.buf
         self._overflow: dict[int, shared_memory.SharedMemory] = {}  # slot -> its spill block
@@ -171,7 +184,7 @@ class SlotRing:
                 f"memory, but {_shm.SHM_DIR} holds only {available / MIB:.0f} MiB; lower buffer_size "
                 "or slot_size, or give the machine more shared memory (docker: --shm-size)")
         shm = _shm.create_with_header(name or _shm.new_prefix() + "_ring", size,
-                                      HEADER_DTYPE, magic=MAGIC, version=VERSION, slot_count=slot_count,
+                                      header_dtype(), magic=MAGIC, version=VERSION, slot_count=slot_count,
                                       slot_size=slot_size, page_count=pages, page_size=PAGE_SIZE)
         return cls(shm, owner=True)
 
@@ -186,9 +199,18 @@ class SlotRing:
         self._overflow.clear()
         self._pool.close()
         self._maps.close()
-        self.header = None
+        self._header = None
         self._buf = None
         _shm.release(self._shm, unlink=self.owner)
+
+    @property
+    def header(self) -> Any:
+        """The header as a numpy structured array (made on first use; None once closed)."""
+        if self._header is None and self._buf is not None:
+            import numpy as np
+
+            self._header = np.ndarray((), dtype=header_dtype(), buffer=self._shm.buf)
+        return self._header
 
     # -- slots --------------------------------------------------------------------
     def slot_offset(self, slot: int) -> int:
@@ -238,9 +260,11 @@ class SlotRing:
 
     def seqs(self, slots: np.ndarray) -> np.ndarray:
         """The sequence numbers of ``slots``, read in one vectorised gather."""
-        return self._column(0, "<u8", slots).astype(np.int64)
+        return self._column(0, "<u8", slots).astype("<i8")
 
     def _column(self, offset: int, dtype: str, slots: np.ndarray) -> np.ndarray:
+        import numpy as np  # the parent's planner only (see header_dtype)
+
         words = np.ndarray((self.slot_count,), dtype=dtype, buffer=self._buf,
                            offset=HEADER_SIZE + offset, strides=(self.slot_size,))
         gathered: np.ndarray = words[slots]
@@ -376,6 +400,7 @@ class SlotRing:
 
     def sync_header(self) -> None:
         """Mirror the parent's counters into the shared header (once per batch, not per event)."""
-        if self.header is not None:
+        header = self.header
+        if header is not None:
             for name, value in self.counts.items():
-                self.header[name] = value
+                header[name] = value

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import secrets
 from multiprocessing import shared_memory
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "PREFIX", "new_prefix", "create", "create_with_header", "attach", "release", "unlink_quietly", "room",
@@ -34,6 +35,8 @@ def create(name: str, size: int) -> shared_memory.SharedMemory:
 
 def create_with_header(name: str, size: int, dtype: np.dtype[Any], **fields: int) -> shared_memory.SharedMemory:
     """A new block whose first bytes are a ``dtype`` header with ``fields`` filled in."""
+    import numpy as np  # the parent's side only: a spawned worker should not pay for numpy
+
     shm = create(name, size)
     header: Any = np.ndarray((), dtype=dtype, buffer=shm.buf)
     for key, value in fields.items():

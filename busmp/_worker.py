@@ -3,8 +3,9 @@
 Loop: take the next job record; for EVENTS decode each named slot straight from the shared
 ring and run its fan-out handlers; for BATCH run one batch call; write outcomes, emitted
 events and a DONE record to the result channel. With no job queued, spin briefly (x86-64 only,
-see ``_ring``), then sleep in ``select`` on the doorbell pipe. A watchdog thread checks every
-half second that the parent still lives and ends the process if not, even mid-handler.
+see ``_ring``), then sleep in ``select`` on the doorbell pipe. A watchdog thread ends the
+process as soon as the parent is gone, even mid-handler: it sleeps on a pidfd of the parent
+(Linux), or else checks every half second.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import threading
 import time
 from collections.abc import Hashable, Iterator
 from typing import Any
-
-import psutil
 
 from ._channel import Channel
 from ._codec import DECODE_HANDLER, decode_events, dumps, encode_event, portable_exception
@@ -43,9 +42,10 @@ def worker_main(ring_name: str, jobs_name: str, results_name: str, doorbell: Any
                 owner_pid: int) -> None:
     """Entry point of a worker process (the target of ``Process``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it drains us
-    _start_watchdog(owner_pid)
+    owner = Owner(owner_pid)
+    _start_watchdog(owner)
     worker = Worker(SlotRing.attach(ring_name), Channel.attach(jobs_name), Channel.attach(results_name),
-                    doorbell.fileno(), notify.fileno(), owner_pid)
+                    doorbell.fileno(), notify.fileno(), owner)
     try:
         worker.run()
     finally:
@@ -56,12 +56,12 @@ class Worker:
     watches_before = False  # the parent fires on_before when an outcome arrives
 
     def __init__(self, ring: SlotRing, jobs: Channel, results: Channel, doorbell_fd: int,
-                 notify_fd: int, owner_pid: int) -> None:
+                 notify_fd: int, owner: Owner) -> None:
         self.ring, self.jobs, self.results = ring, jobs, results
         self.doorbell_fd, self.notify_fd = doorbell_fd, notify_fd
         os.set_blocking(doorbell_fd, False)
         os.set_blocking(notify_fd, False)
-        self.owner = _process(owner_pid)
+        self.owner = owner
         self.routes = Routes()
         self.last_decoded: tuple[tuple[int, int], Decoded | None] = ((-1, -1), None)
         self.want_outcomes = False
@@ -120,7 +120,7 @@ class Worker:
             return True
 
     def parent_alive(self) -> bool:
-        return self.owner is not None and self.owner.is_running()
+        return self.owner.alive()
 
     def notify_parent(self) -> None:
         try:
@@ -279,20 +279,45 @@ class Worker:
             raise SystemExit(0)
 
 
-def _process(pid: int) -> Any:
-    try:
-        return psutil.Process(pid)
-    except psutil.Error:
-        return None
+class Owner:
+    """The store's process, as a worker watches it.
+
+    On Linux a pidfd: it becomes readable when the process ends, so the watchdog sleeps until
+    then instead of polling, and a recycled PID cannot fool it. Elsewhere psutil, which checks
+    the process's start time for the same reason; it is imported only there.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self._fd: int | None = None
+        self._process: Any = None
+        try:
+            self._fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # not Linux >= 5.3, or the process is gone already
+            import psutil
+
+            try:
+                self._process = psutil.Process(pid)
+            except psutil.Error:
+                self._process = None
+
+    def alive(self) -> bool:
+        if self._fd is not None:
+            return not select.select([self._fd], [], [], 0)[0]
+        return self._process is not None and bool(self._process.is_running())
+
+    def wait_until_gone(self) -> None:
+        if self._fd is not None:
+            select.select([self._fd], [], [])
+            return
+        while self.alive():
+            time.sleep(PARENT_CHECK_SECONDS)
 
 
-def _start_watchdog(owner_pid: int) -> None:
+def _start_watchdog(owner: Owner) -> None:
     """Exit when the parent dies, even while a handler runs for minutes."""
-    owner = _process(owner_pid)
 
     def watch() -> None:
-        while owner is not None and owner.is_running():
-            time.sleep(PARENT_CHECK_SECONDS)
+        owner.wait_until_gone()
         os._exit(0)
 
     threading.Thread(target=watch, name="busmp-watchdog", daemon=True).start()

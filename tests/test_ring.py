@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from busmp import Dispatcher, Event, EventStore
 from busmp._codec import FLAG_CLOUDPICKLE, decode_event, encode_event
-from busmp._ring import HEADER_DTYPE, PAGE_SIZE, SLOT_HEADER_SIZE, CorruptSlot, SlotRing
+from busmp._ring import PAGE_SIZE, header_dtype, SLOT_HEADER_SIZE, CorruptSlot, SlotRing
 
 
 @pytest.fixture
@@ -24,13 +24,14 @@ def ring():
 
 def test_header_is_a_numpy_structured_array_with_cursors_on_their_own_cache_lines(ring):
     assert isinstance(ring.header, np.ndarray)
-    assert ring.header.dtype == HEADER_DTYPE and HEADER_DTYPE.names is not None
+    dtype = header_dtype()
+    assert ring.header.dtype == dtype and dtype.names is not None
     cursors = ["written", "published", "released", "dropped"]
-    offsets = [HEADER_DTYPE.fields[name][1] for name in cursors]
+    offsets = [dtype.fields[name][1] for name in cursors]
     assert all(offset % 64 == 0 for offset in offsets)
     assert [b - a for a, b in zip(offsets, offsets[1:])] == [64, 64, 64]
     assert offsets[0] >= 64  # not sharing a line with the geometry words either
-    assert HEADER_DTYPE.itemsize == 64 * (len(cursors) + 1)
+    assert dtype.itemsize == 64 * (len(cursors) + 1)
 
 
 def test_geometry_is_readable_by_another_mapping(ring):

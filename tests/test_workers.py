@@ -490,3 +490,27 @@ def test_threads_flushing_at_once_all_return_with_every_outcome_taken_in_once(st
         assert len(ids) == 80 and len(set(ids)) == 80
         assert store.metrics() == (80, 80, 0)
         assert store.stats().in_flight == 0 and store.stats().free_slots == store.stats().slots
+
+
+def test_a_worker_process_starts_without_numpy_cloudpickle_psutil_or_the_store():
+    """What a spawned worker imports is its start-up time: ~100 ms for numpy alone."""
+    import subprocess
+    import sys
+
+    code = ("import sys, busmp._worker; "
+            "print(sorted(m for m in ('numpy', 'cloudpickle', 'psutil', 'busmp._store', 'busmp._pool') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_routes_travel_without_the_planners_numpy_caches():
+    import pickle
+
+    from busmp._dispatch import Routes
+    from busmp._jobs import _handler_hashes
+
+    routes = Routes(handlers={"p": (print,)})
+    assert len(_handler_hashes(routes)) == 1  # the planner caches a numpy array on the routes
+    assert b"numpy" not in pickle.dumps(routes, 5)
+    assert pickle.loads(pickle.dumps(routes, 5)).chains("p")[0][1].endswith("print")

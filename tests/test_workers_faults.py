@@ -400,6 +400,29 @@ def test_parent_sigkill_leaves_no_worker_and_no_shared_memory(start_method, tmp_
     assert wait_until(lambda: not shm_blocks(mine), 5), sorted(shm_blocks(mine))
 
 
+@pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "psutil"])
+def test_a_worker_sees_its_store_process_end_at_once(pidfd, monkeypatch):
+    from busmp._worker import Owner
+
+    if not pidfd:
+        monkeypatch.delattr(os, "pidfd_open", raising=False)
+    elif not hasattr(os, "pidfd_open"):
+        pytest.skip("no pidfd on this platform")
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        watch = Owner(owner.pid)
+        assert watch.alive()
+        waiter = threading.Thread(target=watch.wait_until_gone)
+        waiter.start()
+        owner.kill()
+        owner.wait(10)
+        waiter.join(5)
+        assert not waiter.is_alive() and not watch.alive()
+    finally:
+        owner.kill()
+        owner.wait(10)
+
+
 UNGUARDED = textwrap.dedent("""
     # No `if __name__ == "__main__":` guard: every worker re-runs this file and dies starting up.
     import sys, time
