@@ -36,6 +36,10 @@ class Host(Protocol):
 class Executor(Protocol):
     workers: int
 
+    def check_routes(self, routes: Routes, key: object) -> None:
+        """Raise ``TypeError`` naming the handler if ``routes`` cannot reach the handlers;
+        called before any event is taken, so a refused publish changes nothing."""
+
     def submit(self, slots: Sequence[int], ticket: Ticket | None = None) -> None:
         """Get the events in ``slots`` handled; they are already counted as in flight."""
 
@@ -61,6 +65,9 @@ class InlineExecutor:
 
     def __init__(self, host: Host) -> None:
         self._host = host
+
+    def check_routes(self, routes: Routes, key: object) -> None:
+        return None  # handlers run here: nothing travels
 
     def submit(self, slots: Sequence[int], ticket: Ticket | None = None) -> None:
         self.run(*self._host.claim_runs(slots, ticket))

@@ -31,7 +31,7 @@ import cloudpickle
 from ._accounting import Accounting
 from ._channel import Channel
 from ._codec import DECODE_HANDLER, UNDECODABLE, decode_event
-from ._dispatch import Routes
+from ._dispatch import Routes, handler_name
 from ._encoding import Encoded
 from ._errors import BusError, RemoteError, StoreClosed, WorkerCrashed
 from ._jobs import Job, Planner
@@ -149,11 +149,19 @@ class ProcessExecutor:
             pass  # a full pipe wakes the worker already
 
     # -- submitting ---------------------------------------------------------------
+    def check_routes(self, routes: Routes, key: object) -> None:
+        self._routes_payload(routes, key)
+
     def submit(self, slots: Sequence[int], ticket: Ticket | None = None) -> None:
         listed = list(slots)
+        refused: TypeError | None = None
         with self._lock:
             self._ring.sync_header()
             routes, key = self._host.routes_and_key()
+            try:
+                self._routes_payload(routes, key)
+            except TypeError as exc:  # a handler registered since publish() checked the routes
+                refused = exc
             jobs = self._planner.plan(listed, routes, ticket, [h.queued for h in self._handles])
             if ticket is not None:
                 ticket.jobs += len(jobs)
@@ -166,13 +174,20 @@ class ProcessExecutor:
             for job in jobs:
                 job.routes = (routes, key)
                 self._jobs[job.id] = job
+                if refused is not None:
+                    continue
                 if ticket is not None:  # a group stays on its one worker, in order
                     self._write_job(self._handles[job.worker], job)
                 else:
                     self._unassigned.append(job)
-            self._feed({job.worker for job in jobs} if ticket is not None else set())
+            if refused is None:
+                self._feed({job.worker for job in jobs} if ticket is not None else set())
         if len(idle):
             self._host.release(idle)  # no handler wants these events
+        if refused is not None:
+            for job in jobs:  # nothing vanishes: no worker can run these, so they are dead letters
+                self._charge(job, 0, refused)
+            raise refused
         if ticket is not None and ticket.jobs == 0:
             ticket.done.set()
         if self._broken is not None:
@@ -200,11 +215,17 @@ class ProcessExecutor:
     def _ship_routes(self, handle: WorkerHandle, routes: Routes, key: object) -> None:
         if handle.routes_key == key:
             return
-        if self._routes_cache is None or self._routes_cache[0] != key:
-            want = self._host.accounting.wants_results
-            self._routes_cache = (key, ROUTES_HEAD.pack(want) + cloudpickle.dumps(routes, 5))
-        handle.jobs.put(ROUTES, self._routes_cache[1], self._waiter(handle))
+        handle.jobs.put(ROUTES, self._routes_payload(routes, key), self._waiter(handle))
         handle.routes_key = key
+
+    def _routes_payload(self, routes: Routes, key: object) -> bytes:
+        """The ROUTES record for ``key``, pickled once per change of the routes."""
+        cached = self._routes_cache
+        if cached is None or cached[0] != key:
+            want = self._host.accounting.wants_results
+            cached = (key, ROUTES_HEAD.pack(want) + _pickle_routes(routes))
+            self._routes_cache = cached
+        return cached[1]
 
     def _write_job(self, handle: WorkerHandle, job: Job) -> None:
         assert job.routes is not None
@@ -525,3 +546,27 @@ def _load_outcome(body: bytes, handler: str) -> tuple[Any, BaseException | None]
         return None, RemoteError(type(exc).__name__, f"the outcome of handler {handler} could not be "
                                  f"unpickled in the parent: {exc}")
     return result, error
+
+
+def _pickle_routes(routes: Routes) -> bytes:
+    """The routes as workers receive them; a ``TypeError`` naming the callable that cannot
+    be pickled (a handler that holds a lock, a file, a socket...) if they cannot travel."""
+    try:
+        payload: bytes = cloudpickle.dumps(routes, 5)
+        return payload
+    except Exception as exc:
+        named: list[tuple[str, Any]] = [
+            *((f"handler {handler_name(h)} of projection {p!r}", h) for p, hs in routes.handlers.items() for h in hs),
+            *((f"batch handler {r.name} of projection {p!r}", r.handler)
+              for p, rs in routes.batches.items() for r in rs),
+            *((f"middleware {handler_name(m)}", m) for m in routes.middleware),
+        ]
+        for what, fn in named:
+            try:
+                cloudpickle.dumps(fn, 5)
+            except Exception as culprit:
+                raise TypeError(
+                    f"{what} cannot be pickled for the worker processes ({type(culprit).__name__}: "
+                    f"{culprit}); workers need a module-level function or a callable whose state "
+                    "pickles (no locks, open files, sockets or mmaps), or use workers=0") from culprit
+        raise TypeError(f"the handlers cannot be pickled for the worker processes: {exc}") from exc

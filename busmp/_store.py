@@ -255,6 +255,7 @@ class EventStore:
     def publish(self) -> int:
         """Hand every pending event to the handlers; returns how many were taken."""
         self._check_open()
+        self._executor.check_routes(*self.routes_and_key())
         with self._lock:
             slots = self._ring.take_pending()
             if not slots:

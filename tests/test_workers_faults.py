@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from busmp import (
-    Dispatcher, Event, HandlerPanic, RemoteError, Result, WorkerCrashed,
+    Dispatcher, Event, HandlerPanic, RemoteError, Result, StoreClosed, WorkerCrashed,
 )
 
 from support import make_store, running
@@ -398,6 +398,51 @@ def test_parent_sigkill_leaves_no_worker_and_no_shared_memory(start_method, tmp_
     assert wait_until(lambda: all(gone(p) for p in pids), 3), \
         [p for p in pids if not gone(p)]
     assert wait_until(lambda: not shm_blocks(mine), 5), sorted(shm_blocks(mine))
+
+
+class HoldsALock:
+    """A handler that cannot travel to a worker: its state holds a lock."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+
+    def __call__(self, ctx, event):
+        return None
+
+
+def test_a_handler_that_cannot_be_pickled_is_named_and_publish_changes_nothing():
+    d = Dispatcher()
+    d.register("ok", lambda ctx, ev: None)
+    d.register("p", HoldsALock())
+    with running(make_store(d, "fork", workers=1)) as store:
+        store.subscribe(Event("p", 1))
+        with pytest.raises(TypeError, match=r"handler .*HoldsALock of projection 'p' cannot be pickled "
+                                             r"for the worker processes \(TypeError: cannot pickle '_thread.lock'"):
+            store.publish()
+        assert store.stats().pending == 1 and store.metrics() == (1, 0, 0)
+    (letter,) = store.dlq.entries()
+    assert letter.event == Event("p", 1) and isinstance(letter.error, StoreClosed)  # never published
+
+
+def test_a_handler_registered_between_check_and_dispatch_turns_the_events_into_dead_letters():
+    d = Dispatcher()
+    d.register("p", lambda ctx, ev: None)
+    with running(make_store(d, "fork", workers=1)) as store:
+        store.subscribe_many([Event("p", i) for i in range(3)])
+        checked = store._executor.check_routes
+
+        def register_after_the_check(routes, key):
+            checked(routes, key)
+            d.register("p", HoldsALock())
+
+        store._executor.check_routes = register_after_the_check
+        with pytest.raises(TypeError, match="HoldsALock of projection 'p' cannot be pickled"):
+            store.publish()
+        store.flush(timeout=10)
+        assert store.stats().in_flight == 0
+    letters = store.dlq.entries()
+    assert sorted(dl.event.data for dl in letters) == [0, 1, 2]
+    assert all(isinstance(dl.error, TypeError) for dl in letters)
 
 
 @pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "psutil"])
