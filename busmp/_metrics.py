@@ -29,3 +29,5 @@ class Stats:
     slots: int
     workers: int
     per_worker: tuple[int, ...] = field(default=())  # events handled by each worker
+    free_pages: int = 0  # arena pages (chunks, events bigger than a slot) not in use
+    pages: int = 0

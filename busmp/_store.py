@@ -485,6 +485,7 @@ class EventStore:
                 dead_letters=len(self.dlq) if self.dlq is not None else 0,
                 free_slots=ring.free_events, slots=ring.slot_count,
                 workers=self._executor.workers, per_worker=self._executor.per_worker(),
+                free_pages=len(ring.free_pages), pages=ring.page_count,
             )
 
     @property

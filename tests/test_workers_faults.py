@@ -342,7 +342,7 @@ def test_sigkill_mid_batch_accounts_for_every_event(start_method, many):
         assert store.metrics() == (n + 1, n + 1, len(dead))
         stats = store.stats()
         assert stats.in_flight == 0 and stats.workers == 1
-        assert stats.free_slots == stats.slots
+        assert stats.free_slots == stats.slots and stats.free_pages == stats.pages  # the chunks' pages too
 
         # the replacement takes over
         seen.clear()
