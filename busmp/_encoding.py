@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import pickle
 from collections.abc import Iterator
 from itertools import repeat
 from operator import attrgetter, is_
@@ -20,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from ._codec import encode_chunk, encode_event
+from ._codec import PROTOCOL, encode_chunk, encode_event
 from ._dispatch import check_projection, survives_pickling
 from ._event import Context, Event
 
-__all__ = ["Encoded", "CHUNK_START", "CHUNK_MAX", "check_event", "encode_one", "encode_many"]
+__all__ = ["Encoded", "CHUNK_START", "CHUNK_MAX", "check_event", "check_one", "encode_one", "encode_many"]
 
 #: An encoded slot: payload, codec flags, route word, out-of-band buffers, number of events.
 Encoded = tuple[bytes, int, int, list[memoryview], int]
@@ -45,6 +46,16 @@ def check_event(event: Event, ctx: Context | None) -> None:
     if not routable:
         check_projection(projection, f"event {event!r} has projection")
     _check_ctx(ctx)
+
+
+def check_one(event: Event, ctx: Context | None) -> None:
+    """``encode_one``'s checks alone (the pickle is made and dropped), for sync mode, where
+    the slot keeps the object and nothing is read back."""
+    check_event(event, ctx)
+    try:
+        pickle.dumps((event.projection, event.data, event.id, event.args, ctx), PROTOCOL)
+    except Exception:
+        encode_event(event, ctx, out_of_band=False)  # cloudpickle may manage; else it names the event
 
 
 def encode_one(event: Event, ctx: Context | None, attempts: int = 0) -> Encoded:

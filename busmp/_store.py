@@ -21,7 +21,7 @@ from . import _shm
 from ._accounting import Accounting, AfterHook, BeforeHook, ErrorHook, inside_hook
 from ._codec import UNDECODABLE, decode_events
 from ._dispatch import BatchHandler, BatchRoute, Dispatcher, Middleware, Routes, check_projection, handler_name
-from ._encoding import CHUNK_MAX, Encoded, encode_many, encode_one
+from ._encoding import CHUNK_MAX, Encoded, check_one, encode_many, encode_one
 from ._dlq import DeadLetterQueue
 from ._errors import BufferFull, StoreClosed
 from ._event import BACKGROUND, Context, Event, current_emitter
@@ -150,11 +150,28 @@ class EventStore:
     # -- producing ----------------------------------------------------------------
     def subscribe(self, event: Event, ctx: Context | None = None, *, timeout: float | None = None) -> None:
         """Enqueue ``event``; when the ring is full, the store's policy decides."""
+        if self._keeps_objects:
+            check_one(event, ctx)  # the pickle is the check; the slot keeps the object
+            with self._lock:
+                self._check_open()
+                self._keep_one(_keep(event, ctx, 0), ctx, timeout)
+            return
         self._check_open()
         encoded = encode_one(event, ctx)
         with self._lock:
             self._check_open()
             self._enqueue(encoded, ctx, timeout, _keep(event, ctx, 0))
+
+    def _keep_one(self, kept: Kept, ctx: Context | None, timeout: float | None) -> None:
+        """Sync mode's ``_enqueue`` for one event: a slot that holds the object. Under the lock."""
+        ring = self._ring
+        if ring.free_events < 1:
+            self._reserve(1, ctx, timeout)
+        slot = ring.take(1)
+        ring.objects[slot] = kept
+        ring.counts["written"] += 1
+        ring.pending.append(slot)
+        self._published += 1
 
     def subscribe_many(self, events: Iterable[Event], ctx: Context | None = None, *,
                        timeout: float | None = None) -> int:
