@@ -4,8 +4,8 @@ Data flow (``workers=N``)::
 
    parent process                                               worker process k
    ──────────────                                               ────────────────
-   subscribe(ev) ─check, encode─▶ [slot ring: header | slots] ──────┐
-   subscribe_many(evs) ─ chunks ─▶   (free list, pending: parent)   │ read in place
+   subscribe(ev) ─check, encode─▶ [slot ring: header | slots | pages] ┐
+   subscribe_many(evs) ─ chunks ─▶   (free lists, pending: parent)    │ read in place
                                                                     ▼
    publish() ─ plan jobs (_jobs) ─ feed ─▶ [job channel k] ──▶ decode ─▶ middleware ─▶ handlers
                                                                                            │

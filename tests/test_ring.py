@@ -267,8 +267,8 @@ def test_an_event_that_needs_more_shared_memory_than_is_free_is_refused_and_chan
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["write", "release"]), st.sampled_from([10, 200, 3000, PAGE_SIZE, 9000]),
-                          st.integers(0, 7)), max_size=60))
+@given(st.lists(st.tuples(st.sampled_from(["write", "release", "drop"]),
+                          st.sampled_from([10, 200, 3000, PAGE_SIZE, 9000]), st.integers(0, 7)), max_size=60))
 def test_pages_and_blocks_are_never_shared_lost_or_misread(ops):
     ring = SlotRing.create(8, 128)
     held: dict[int, bytes] = {}  # slot -> what it should read back
@@ -279,11 +279,18 @@ def test_pages_and_blocks_are_never_shared_lost_or_misread(ops):
                 data = bytes([slot]) * size
                 payload, flags, buffers = encode_event(Event("p", data))
                 ring.write(slot, slot + 1, 0, payload, flags, buffers)
+                ring.pending.append(slot)
                 held[slot] = data
             elif op == "release" and held:
                 slot = sorted(held)[pick % len(held)]
+                if slot in ring.pending:
+                    ring.pending.remove(slot)
                 ring.release([slot])
                 del held[slot]
+            elif op == "drop" and ring.pending:
+                oldest = ring.pending[0]
+                assert ring.drop_oldest_pending()  # a one-event slot: dropped whole, page and all
+                del held[oldest]
             for slot, data in held.items():
                 assert decode_event(*ring.read(slot, seq=slot + 1))[0].data == data
             assert len(ring.free_pages) + len(ring._paged) == ring.page_count
