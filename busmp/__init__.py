@@ -6,7 +6,7 @@ Data flow (``workers=N``)::
    ──────────────                                               ────────────────
    subscribe(ev) ─check, encode─▶ [slot ring: header | slots | pages] ┐
    subscribe_many(evs) ─ chunks ─▶   (free lists, pending: parent)    │ read in place
-                                                                    ▼
+                                                                      ▼
    publish() ─ plan jobs (_jobs) ─ feed ─▶ [job channel k] ──▶ decode ─▶ middleware ─▶ handlers
                                                                                            │
    collector thread ◀─ [result channel k: outcomes, emitted events, DONE] ◀────────────────┘
