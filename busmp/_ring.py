@@ -118,8 +118,15 @@ MIN_PAGES = 4           # ...but at least this many pages (and never more pages 
 PAGE_ALIGN = 4096
 MIB = 1 << 20
 
-SPIN_ALLOWED = (os.uname().machine if hasattr(os, "uname") else os.environ.get("PROCESSOR_ARCHITECTURE", "")
-                ).lower() in ("x86_64", "amd64", "i386", "i686")
+
+def _machine() -> str:
+    """The CPU architecture, as ``platform.machine()`` says it (without importing ``platform``)."""
+    if hasattr(os, "uname"):
+        return os.uname().machine
+    return os.environ.get("PROCESSOR_ARCHITECTURE", "")  # Windows
+
+
+SPIN_ALLOWED = _machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
 
 def arena_pages(slot_count: int, slot_size: int) -> int:

@@ -150,13 +150,13 @@ class EventStore:
     # -- producing ----------------------------------------------------------------
     def subscribe(self, event: Event, ctx: Context | None = None, *, timeout: float | None = None) -> None:
         """Enqueue ``event``; when the ring is full, the store's policy decides."""
+        self._check_open()
         if self._keeps_objects:
             check_one(event, ctx)  # the pickle is the check; the slot keeps the object
             with self._lock:
                 self._check_open()
                 self._keep_one(_keep(event, ctx, 0), ctx, timeout)
             return
-        self._check_open()
         encoded = encode_one(event, ctx)
         with self._lock:
             self._check_open()
