@@ -50,8 +50,9 @@ class EventStore:
 
     Options beyond the contract (keyword only):
 
-    * ``slot_size``: bytes per ring slot (default 512); larger events spill into blocks of
-      their own (see ``busmp._ring``).
+    * ``slot_size``: bytes per ring slot (default 512). A larger event takes a page of the
+      ring's arena (8 KiB), a larger one still a shared-memory block of its own (see
+      ``busmp._ring``).
     * ``start_method``: ``"forkserver"``, ``"spawn"`` or ``"fork"`` for worker processes.
     """
 
