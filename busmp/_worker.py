@@ -312,6 +312,12 @@ class Owner:
         while self.alive():
             time.sleep(PARENT_CHECK_SECONDS)
 
+    def close(self) -> None:
+        """Release the pidfd; only once nobody waits on it (a worker's watchdog waits to the end)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
 
 def _start_watchdog(owner: Owner) -> None:
     """Exit when the parent dies, even while a handler runs for minutes."""

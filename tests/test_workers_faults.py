@@ -463,6 +463,7 @@ def test_a_worker_sees_its_store_process_end_at_once(pidfd, monkeypatch):
         owner.wait(10)
         waiter.join(5)
         assert not waiter.is_alive() and not watch.alive()
+        watch.close()
     finally:
         owner.kill()
         owner.wait(10)
