@@ -183,14 +183,13 @@ def decode_events(payload: Any, flags: int, buffers: Sequence[Any] = ()) -> tupl
 
 
 # A chunk's events are built column by column, each column one C-level pass of a slot setter.
-_SET_FIELDS = EVENT_SETTERS
-_set_projection, _set_data, _set_id, _set_args = _SET_FIELDS
+_set_projection, _set_data, _set_id, _set_args = EVENT_SETTERS
 _consume: Callable[[Iterable[Any]], None] = deque(maxlen=0).extend
 
 
 def _build(projections: Iterable[Any], datas: list[Any], ids: Iterable[Any], args: Iterable[Any]) -> list[Event]:
     events = list(map(object.__new__, repeat(Event, len(datas))))
-    for set_field, column in zip(_SET_FIELDS, (projections, datas, ids, args)):
+    for set_field, column in zip(EVENT_SETTERS, (projections, datas, ids, args)):
         _consume(map(set_field, events, column))
     return events
 

@@ -64,14 +64,14 @@ class Counter(Observer, Protocol):
     def count_successes(self, n: int) -> None: ...
 
 
-def run_runs(runs: Iterable[Run], routes: Routes, observer: Counter, emit: Emitter,
-             catch: type[BaseException] = Exception) -> None:
-    """Every per-event handler of every event, then every batch handler.
+def run_runs(runs: Sequence[Run], routes: Routes, observer: Counter, emit: Emitter) -> None:
+    """Every per-event handler of every event, then every batch handler (``runs`` is read
+    twice, so it is a sequence).
 
     The hot loop of sync mode: the chain is looked up once per stretch of one projection, and
     an :class:`Item` is made only for an outcome that someone watches. ``emit`` is live
-    throughout, for ``ctx.emit``. ``catch`` is what counts as a handler failure: ``Exception``
-    in the parent (Ctrl-C still stops the program).
+    throughout, for ``ctx.emit``. A handler failure is an ``Exception``: Ctrl-C still stops
+    the program.
     """
     chains_of, after = routes.chains, observer.after
     before = observer.before if observer.watches_before else None
@@ -93,7 +93,7 @@ def run_runs(runs: Iterable[Run], routes: Routes, observer: Counter, emit: Emitt
                         before(item, name)
                     try:
                         result = fn(ctx, event)
-                    except catch as exc:
+                    except Exception as exc:
                         after(item or Item(event, ctx, attempts, ticket), name, None, exc)
                     else:
                         if quiet:
@@ -103,7 +103,7 @@ def run_runs(runs: Iterable[Run], routes: Routes, observer: Counter, emit: Emitt
                                   NO_RESULT if result is None else result, None)
         if routes.batches:
             for route, chunk in batch_chunks(runs, routes.batches):
-                run_chunk(route, chunk, observer, catch)
+                run_chunk(route, chunk, observer)
     finally:
         current_emitter.reset(reset)
         observer.count_successes(succeeded)

@@ -101,7 +101,6 @@ class ProcessExecutor:
         self._refs = [0] * ring.slot_count  # jobs that name each slot
         self._planner = Planner(ring, workers)
         self._jobs: dict[int, Job] = {}
-        self._next_job = 1
         self._routes_cache: tuple[object, bytes] | None = None
         self._backlog: deque[Encoded] = deque()  # follow-ups waiting for a free slot
         self._unassigned: deque[Job] = deque()   # planned jobs no worker holds yet (see _feed)

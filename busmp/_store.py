@@ -43,6 +43,8 @@ Held = tuple[list[Event], Context | None, int]
 #: What a sync-mode slot keeps: a Held, or for the usual single event with no context and
 #: no earlier attempts the event alone (two objects fewer per pending event for the GC to walk).
 Kept = Held | Event
+#: The encoding of one event whose sync-mode slot keeps the object: nothing is written.
+_KEPT_ONE: Encoded = (b"", 0, 0, [], 1)
 
 
 class EventStore:
@@ -156,23 +158,13 @@ class EventStore:
             check_one(event, ctx)  # the pickle is the check; the slot keeps the object
             with self._lock:
                 self._check_open()
-                self._keep_one(_keep(event, ctx, 0), ctx, timeout)
+                self._enqueue(_KEPT_ONE, ctx, timeout, _keep(event, ctx, 0))
             return
         encoded = encode_one(event, ctx)
         with self._lock:
             self._check_open()
             self._enqueue(encoded, ctx, timeout, _keep(event, ctx, 0))
 
-    def _keep_one(self, kept: Kept, ctx: Context | None, timeout: float | None) -> None:
-        """Sync mode's ``_enqueue`` for one event: a slot that holds the object. Under the lock."""
-        ring = self._ring
-        if ring.free_events < 1:
-            self._reserve(1, ctx, timeout)
-        slot = ring.take(1)
-        ring.objects[slot] = kept
-        ring.counts["written"] += 1
-        ring.pending.append(slot)
-        self._published += 1
 
     def subscribe_many(self, events: Iterable[Event], ctx: Context | None = None, *,
                        timeout: float | None = None) -> int:

@@ -147,16 +147,23 @@ class Worker:
         self.start_job(job, entries)
         reset = current_emitter.set(self.emit)
         try:
-            pos = 0
-            for slot, seq, start, stop in self.entries:
-                decoded = self.decode(slot, seq, pos, stop - start)
-                if decoded is not None:
-                    events, ctx, _attempts = decoded
-                    self.run_handlers(events[start:stop], ctx, pos)
-                pos += stop - start
+            for events, ctx, _attempts, pos in self.slices():
+                self.run_handlers(events, ctx, pos)
         finally:
             current_emitter.reset(reset)
         self.finish_job()
+
+    def slices(self) -> Iterator[tuple[list[Event], Context, int, int]]:
+        """The job's events slot by slot, decoded straight from the ring: each slot's share of
+        events, their context and earlier attempts, and the job position of the first one.
+        A slot that cannot be decoded is reported (see ``decode``) and skipped."""
+        pos = 0
+        for slot, seq, start, stop in self.entries:
+            decoded = self.decode(slot, seq, pos, stop - start)
+            if decoded is not None:
+                events, ctx, attempts = decoded
+                yield events[start:stop], ctx, attempts, pos
+            pos += stop - start
 
     def run_handlers(self, events: list[Event], ctx: Context, pos: int) -> None:
         """Every fan-out handler of each event, then the progress words for that event.
@@ -230,16 +237,9 @@ class Worker:
 
     def items(self) -> Iterator[Item]:
         """The job's events as pipeline items, numbered by position (for batch calls)."""
-        pos = 0
-        for slot, seq, start, stop in self.entries:
-            decoded = self.decode(slot, seq, pos, stop - start)
-            if decoded is not None:
-                events, ctx, attempts = decoded
-                for event in events[start:stop]:
-                    yield Item(event, ctx, attempts, None, pos)
-                    pos += 1
-            else:
-                pos += stop - start
+        for events, ctx, attempts, pos in self.slices():
+            for offset, event in enumerate(events):
+                yield Item(event, ctx, attempts, None, pos + offset)
 
     # -- observer: outcomes go to the parent ----------------------------------------
     def before(self, item: Item, handler: str) -> None:
