@@ -17,19 +17,19 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
-from . import _shm
-from ._accounting import Accounting, AfterHook, BeforeHook, ErrorHook, inside_hook
-from ._codec import UNDECODABLE, decode_events
+from ._transport import shm as _shm
+from ._outcomes import Accounting, AfterHook, BeforeHook, ErrorHook, inside_hook
+from ._transport.codec import UNDECODABLE, decode_events
 from ._dispatch import BatchHandler, BatchRoute, Dispatcher, Middleware, Routes, check_projection, handler_name
-from ._encoding import CHUNK_MAX, Encoded, check_one, encode_many, encode_one
+from ._transport.packing import CHUNK_MAX, Encoded, check_one, encode_many, encode_one
 from ._dlq import DeadLetterQueue
 from ._errors import BufferFull, StoreClosed
 from ._event import BACKGROUND, Context, Event, current_emitter
-from ._executor import Executor, InlineExecutor
+from ._workers.executor import Executor, InlineExecutor
 from ._metrics import Metrics, Stats
 from ._pipeline import Item, Run, Ticket
 from ._policy import OverrunPolicy
-from ._ring import DEFAULT_SLOT_SIZE, SlotRing
+from ._transport.ring import DEFAULT_SLOT_SIZE, SlotRing
 from ._schedule import Scheduler, Timer, to_seconds, to_timestamp
 from ._transaction import Transaction
 
@@ -98,7 +98,7 @@ class EventStore:
         host = weakref.proxy(self)
         if workers == 0:
             return InlineExecutor(host)
-        from ._pool import ProcessExecutor
+        from ._workers.pool import ProcessExecutor
 
         return ProcessExecutor(host, self._ring, workers, start_method, prefix)
 

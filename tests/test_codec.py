@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from busmp import Context, Event
-from busmp._codec import (
+from busmp._transport.codec import (
     FLAG_CHUNK, FLAG_CLOUDPICKLE, FLAG_ENVELOPE, FLAG_MIXED, decode_events, encode_chunk, encode_event,
 )
 

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from busmp import Context, Event
-from busmp._codec import FLAG_CHUNK, decode_events
-from busmp._encoding import CHUNK_MAX, encode_many
+from busmp._transport.codec import FLAG_CHUNK, decode_events
+from busmp._transport.packing import CHUNK_MAX, encode_many
 
 SHARED = ("orders", 7)  # one projection object, as a producer's batch usually carries
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from busmp import Event
-from busmp._codec import encode_chunk, encode_event
+from busmp._transport.codec import encode_chunk, encode_event
 from busmp._dispatch import BatchRoute, Routes
-from busmp._jobs import Job, Planner
+from busmp._workers.jobs import Job, Planner
 from busmp._pipeline import Ticket
-from busmp._protocol import BATCH, EVENTS
-from busmp._ring import SlotRing
+from busmp._transport.records import BATCH, EVENTS
+from busmp._transport.ring import SlotRing
 
 
 def noop(ctx, ev):

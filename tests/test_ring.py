@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from busmp import Dispatcher, Event, EventStore
-from busmp._codec import FLAG_CLOUDPICKLE, decode_event, encode_event
-from busmp._ring import PAGE_SIZE, header_dtype, SLOT_HEADER_SIZE, CorruptSlot, SlotRing
+from busmp._transport.codec import FLAG_CLOUDPICKLE, decode_event, encode_event
+from busmp._transport.ring import PAGE_SIZE, header_dtype, SLOT_HEADER_SIZE, CorruptSlot, SlotRing
 
 
 @pytest.fixture
@@ -232,7 +232,7 @@ class FakeShm:
 
 
 def small_shm(monkeypatch, free_mib):
-    from busmp import _shm
+    from busmp._transport import shm as _shm
 
     real = os.statvfs
     monkeypatch.setattr(_shm.os, "statvfs", lambda path: FakeShm(free_mib) if path == _shm.SHM_DIR else real(path))

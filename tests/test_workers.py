@@ -497,8 +497,8 @@ def test_a_worker_process_starts_without_numpy_cloudpickle_psutil_or_the_store()
     import subprocess
     import sys
 
-    code = ("import sys, busmp._worker; "
-            "print(sorted(m for m in ('numpy', 'cloudpickle', 'psutil', 'busmp._store', 'busmp._pool') "
+    code = ("import sys, busmp._workers.worker; "
+            "print(sorted(m for m in ('numpy', 'cloudpickle', 'psutil', 'busmp._store', 'busmp._workers.pool') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
@@ -508,7 +508,7 @@ def test_routes_travel_without_the_planners_numpy_caches():
     import pickle
 
     from busmp._dispatch import Routes
-    from busmp._jobs import _handler_hashes
+    from busmp._workers.jobs import _handler_hashes
 
     routes = Routes(handlers={"p": (print,)})
     assert len(_handler_hashes(routes)) == 1  # the planner caches a numpy array on the routes

@@ -447,7 +447,7 @@ def test_a_handler_registered_between_check_and_dispatch_turns_the_events_into_d
 
 @pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "psutil"])
 def test_a_worker_sees_its_store_process_end_at_once(pidfd, monkeypatch):
-    from busmp._worker import Owner
+    from busmp._workers.worker import Owner
 
     if not pidfd:
         monkeypatch.delattr(os, "pidfd_open", raising=False)

@@ -23,8 +23,8 @@ from itertools import repeat
 from operator import attrgetter, is_
 from typing import Any
 
-from ._errors import HandlerPanic, RemoteError
-from ._event import EVENT_SETTERS, Context, Event
+from .._errors import HandlerPanic, RemoteError
+from .._event import EVENT_SETTERS, Context, Event
 
 __all__ = [
     "FLAG_CLOUDPICKLE", "FLAG_ENVELOPE", "FLAG_OVERFLOW", "FLAG_CHUNK", "FLAG_MIXED", "FLAG_PAGED",

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from multiprocessing import shared_memory
 from typing import Any
 
-from . import _shm
+from . import shm as _shm
 
 __all__ = ["SpillPool", "SpillMaps", "block_size", "write_block", "read_block", "KEEP_BYTES"]
 

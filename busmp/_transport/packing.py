@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ._codec import PROTOCOL, encode_chunk, encode_event
-from ._dispatch import check_projection, survives_pickling
-from ._event import Context, Event
+from .codec import PROTOCOL, encode_chunk, encode_event
+from .._dispatch import check_projection, survives_pickling
+from .._event import Context, Event
 
 __all__ = ["Encoded", "CHUNK_START", "CHUNK_MAX", "check_event", "check_one", "encode_one", "encode_many"]
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from ._accounting import Accounting
-from ._dispatch import Routes
-from ._event import BACKGROUND, Context, Event
-from ._pipeline import Run, Ticket, run_runs
+from .._outcomes import Accounting
+from .._dispatch import Routes
+from .._event import BACKGROUND, Context, Event
+from .._pipeline import Run, Ticket, run_runs
 
 __all__ = ["Executor", "Host", "InlineExecutor"]
 

@@ -28,21 +28,21 @@ from typing import Any, Protocol
 
 import cloudpickle
 
-from ._accounting import Accounting
-from ._channel import Channel
-from ._codec import DECODE_HANDLER, UNDECODABLE, decode_event
-from ._dispatch import Routes, handler_name
-from ._encoding import Encoded
-from ._errors import BusError, RemoteError, StoreClosed, WorkerCrashed
-from ._jobs import Job, Planner
-from ._event import Event
-from ._pipeline import Item, Ticket
-from ._protocol import (
+from .._outcomes import Accounting
+from .._transport.channel import Channel
+from .._transport.codec import DECODE_HANDLER, UNDECODABLE, decode_event
+from .._dispatch import Routes, handler_name
+from .._transport.packing import Encoded
+from .._errors import BusError, RemoteError, StoreClosed, WorkerCrashed
+from .jobs import Job, Planner
+from .._event import Event
+from .._pipeline import Item, Ticket
+from .._transport.records import (
     BATCH_HEAD, CUR_ERRORS, CUR_JOB, CUR_POS, CUR_PROCESSED, DONE, DONE_REC, EMIT, EMIT_HEAD,
     EVENTS, HANDLED, JOB_HEAD, OUTCOME, OUTCOME_HEAD, PID, ROUTES, ROUTES_HEAD, STOP, pack_entries,
 )
-from ._ring import SlotRing
-from ._worker import worker_main
+from .._transport.ring import SlotRing
+from .worker import worker_main
 
 __all__ = ["ProcessExecutor", "DEFAULT_START_METHOD", "PoolHost"]
 
@@ -93,7 +93,7 @@ class ProcessExecutor:
         if self._ctx.get_start_method() == "forkserver":
             # numpy too: busmp's workers no longer import it, but the main module a worker
             # re-imports often does, and the server then pays for it once, not every worker.
-            self._ctx.set_forkserver_preload(["busmp._worker", "numpy"])
+            self._ctx.set_forkserver_preload(["busmp._workers.worker", "numpy"])
         self._lock = threading.RLock()
         # Held by whoever reads the result channels: the collector thread, or a flush() that
         # reads for itself for a moment (see help_collect). Each channel has one reader at a time.

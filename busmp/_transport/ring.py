@@ -68,10 +68,10 @@ from multiprocessing import shared_memory
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from . import _shm
-from ._codec import FLAG_OVERFLOW, FLAG_PAGED
-from ._errors import BufferFull
-from ._spill import SpillMaps, SpillPool, block_size, read_block, write_block
+from . import shm as _shm
+from .codec import FLAG_OVERFLOW, FLAG_PAGED
+from .._errors import BufferFull
+from .spill import SpillMaps, SpillPool, block_size, read_block, write_block
 
 if TYPE_CHECKING:
     import numpy as np

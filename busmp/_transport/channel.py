@@ -25,7 +25,7 @@ from collections.abc import Callable
 from multiprocessing import shared_memory
 from typing import Any
 
-from . import _shm
+from . import shm as _shm
 
 __all__ = ["Channel", "MORE", "ChannelClosed"]
 

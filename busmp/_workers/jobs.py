@@ -16,10 +16,10 @@ from itertools import accumulate
 
 import numpy as np
 
-from ._dispatch import Routes
-from ._pipeline import Ticket
-from ._protocol import BATCH, EVENTS, Entry
-from ._ring import SlotRing
+from .._dispatch import Routes
+from .._pipeline import Ticket
+from .._transport.records import BATCH, EVENTS, Entry
+from .._transport.ring import SlotRing
 
 __all__ = ["Job", "Planner", "MAX_JOB", "JOBS_PER_WORKER", "SMALL_PUBLISH"]
 

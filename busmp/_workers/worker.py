@@ -19,17 +19,17 @@ import time
 from collections.abc import Hashable, Iterator
 from typing import Any
 
-from ._channel import Channel
-from ._codec import DECODE_HANDLER, decode_events, dumps, encode_event, portable_exception
-from ._dispatch import BatchRoute, Routes
-from ._errors import RemoteError
-from ._event import BACKGROUND, Context, Event, Result, current_emitter
-from ._pipeline import NO_RESULT, Item, run_chunk
-from ._protocol import (
+from .._transport.channel import Channel
+from .._transport.codec import DECODE_HANDLER, decode_events, dumps, encode_event, portable_exception
+from .._dispatch import BatchRoute, Routes
+from .._errors import RemoteError
+from .._event import BACKGROUND, Context, Event, Result, current_emitter
+from .._pipeline import NO_RESULT, Item, run_chunk
+from .._transport.records import (
     BATCH, BATCH_HEAD, CUR_ERRORS, CUR_JOB, CUR_POS, CUR_PROCESSED, DONE, DONE_REC, EMIT, EMIT_HEAD,
     EVENTS, HANDLED, JOB_HEAD, OUTCOME, OUTCOME_HEAD, PID, ROUTES, ROUTES_HEAD, STOP, Entry, unpack_entries,
 )
-from ._ring import SPIN_ALLOWED, SlotRing
+from .._transport.ring import SPIN_ALLOWED, SlotRing
 
 __all__ = ["worker_main", "Worker"]
 
