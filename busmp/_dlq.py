@@ -62,20 +62,20 @@ class DeadLetterQueue:
             return taken
 
     def replay(self, store: EventStore, ctx: Context | None = None) -> None:
-        """Re-subscribe every entry, then publish once.
+        """Re-subscribe every entry into ``store`` and publish; never drops one of them.
 
-        An entry that fails again comes back with ``attempts + 1``. An entry that cannot be
-        re-enqueued stays here with ``attempts + 1``; the first such error is raised after
-        every entry was tried.
+        Entries move in rounds that fit the ring's room, with a ``publish()`` after each
+        round (which, as any ``publish()``, also hands off other pending events), whatever the
+        store's policy. Every entry's ``attempts`` goes up by one per replay call: an entry
+        that fails again comes back as a new dead letter with ``attempts + 1``. Entries that
+        cannot be enqueued at all (store closed, an event that no longer pickles) stay here
+        with ``attempts + 1``, and the first such error is raised after every entry was tried.
         """
-        first_error: BaseException | None = None
-        for letter in self.drain():
-            try:
-                store._resubscribe(letter.event, ctx, attempts=letter.attempts)
-            except Exception as exc:
-                if first_error is None:
-                    first_error = exc
-                self.add(DeadLetter.now(letter.event, letter.error, letter.attempts + 1, letter.handler))
-        store.publish()
-        if first_error is not None:
-            raise first_error
+        from ._store import bus_of
+
+        bus = bus_of(store)
+        left, error = bus.replay(self.drain(), ctx)
+        self.extend(DeadLetter.now(letter.event, letter.error, letter.attempts + 1, letter.handler)
+                    for letter in left)
+        if error is not None:
+            raise error

@@ -31,8 +31,8 @@ ErrorHook = Callable[[Context, Event, BaseException], None]
 class Accounting:
     """Hooks, counters and the dead-letter queue of one store."""
 
-    def __init__(self, dlq: Callable[[], DeadLetterQueue | None]) -> None:
-        self._dlq = dlq
+    def __init__(self) -> None:
+        self.dlq: DeadLetterQueue | None = None
         self._lock = threading.Lock()
         self.before_hooks: list[BeforeHook] = []
         self.after_hooks: list[AfterHook] = []
@@ -81,7 +81,7 @@ class Accounting:
         return Tally(self)
 
     def dead_letter(self, event: Event, error: BaseException, attempts: int, handler: str) -> None:
-        queue = self._dlq()
+        queue = self.dlq
         if queue is not None:
             queue.add(DeadLetter.now(event, error, attempts, handler))
 
@@ -92,6 +92,13 @@ class Accounting:
             hook(*args)
         except Exception:
             log.exception("busmp hook %r raised; the bus goes on", hook)
+        except BaseException:
+            # SystemExit or KeyboardInterrupt from a hook: in the main thread it is the
+            # program's to act on; in busmp's own threads (the collector) it would end the
+            # thread that every later outcome needs, so it is logged like any failure.
+            if threading.current_thread() is threading.main_thread():
+                raise
+            log.exception("busmp hook %r raised a BaseException in a busmp thread; ignored", hook)
         finally:
             _hooks.depth -= 1
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from ._event import Context, Event
 
 if TYPE_CHECKING:
-    from ._store import EventStore
+    from ._bus import Bus
 
 __all__ = ["Transaction"]
 
@@ -16,8 +16,8 @@ __all__ = ["Transaction"]
 class Transaction:
     """Buffers events locally until :meth:`commit`; see ``EventStore.begin_transaction``."""
 
-    def __init__(self, store: EventStore) -> None:
-        self._store = store
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
         self._events: list[Event] = []
 
     def publish(self, event: Event) -> None:
@@ -33,7 +33,7 @@ class Transaction:
         error nothing was enqueued and the events stay buffered, so the commit can be retried.
         """
         events = list(self._events)
-        self._store._run_now(events, ctx, raise_first=True, on_enqueued=self._events.clear)
+        self._bus.run_now(events, ctx, raise_first=True, on_enqueued=self._events.clear)
 
     def rollback(self) -> None:
         """Discard what is buffered. After a commit there is nothing left to discard."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from busmp import (
     BLOCK,
+    DROP_OLDEST,
     RETURN_ERROR,
+    StoreClosed,
     BufferFull,
     Context,
     DeadLetter,
@@ -227,39 +230,56 @@ def test_replaying_twice_gives_attempts_3():
         assert letter.attempts == 3
 
 
-def test_entries_that_cannot_be_reenqueued_stay_with_attempts_plus_one_and_buffer_full_is_raised():
+@pytest.mark.parametrize("policy", [DROP_OLDEST, BLOCK, RETURN_ERROR])
+def test_replay_into_a_ring_full_of_other_pending_events_publishes_them_and_loses_nothing(policy):
     q = DeadLetterQueue()
-    with store_with_failures(q, n=2, size=2, policy=RETURN_ERROR) as store:
+    with store_with_failures(q, n=2, size=2, policy=policy) as store:
         store.subscribe(Event("other", "pending-0"))
         store.subscribe(Event("other", "pending-1"))
-        with pytest.raises(BufferFull):
-            q.replay(store)
-        letters = q.entries()
-        assert sorted(letter.event.id for letter in letters) == ["ev-0", "ev-1"]
-        assert [letter.attempts for letter in letters] == [2, 2]
+        q.replay(store)  # no error: each round publishes, which makes the room
+        assert sorted((letter.event.id, letter.attempts) for letter in q.entries()) == [("ev-0", 2), ("ev-1", 2)]
+        assert store.stats().dropped == 0
+        assert store.metrics() == (2 + 2 + 2, 2 + 2, 2 + 2)  # "other" has no handler: not processed
 
 
-def test_replay_tries_every_entry_before_raising_the_first_subscribe_error():
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("policy", [DROP_OLDEST, BLOCK, RETURN_ERROR])
+def test_replaying_far_more_entries_than_the_ring_holds_handles_every_one_once(policy, workers):
+    handled: list[str] = []
     q = DeadLetterQueue()
-    with store_with_failures(q, n=2, size=2, policy=RETURN_ERROR) as store:
-        store.subscribe(Event("other", "pending"))  # room for exactly one replayed entry
-        with pytest.raises(BufferFull):
-            q.replay(store)
-        letters = q.entries()
-        # ev-0 was re-enqueued, published and failed again; ev-1 could not be enqueued
-        assert sorted((letter.event.id, letter.attempts) for letter in letters) == [("ev-0", 2), ("ev-1", 2)]
+    q.extend(DeadLetter.now(Event("ok", i, id=f"e{i}"), OrderRejected("earlier"), 1, "h") for i in range(20_000))
+    d = Dispatcher()
+    d.register("ok", lambda ctx, ev: None)
+    with EventStore(d, 1 << 12, policy, workers=workers, dlq=q) as store:
+        store.on_after(lambda ctx, ev, res, err: handled.append(ev.id))
+        q.replay(store)
+        store.flush(timeout=60)
+        assert len(q) == 0
+        assert store.stats().dropped == 0
+        assert store.metrics() == (20_000, 20_000, 0)
+    assert sorted(handled) == sorted(f"e{i}" for i in range(20_000))
 
 
-def test_replay_into_a_full_block_store_gives_up_at_the_context_deadline():
+def test_replay_tries_every_entry_and_keeps_those_that_cannot_be_enqueued_with_the_first_error():
     q = DeadLetterQueue()
-    with store_with_failures(q, n=1, size=2, policy=BLOCK) as store:
-        store.subscribe(Event("other", 0))
-        store.subscribe(Event("other", 1))
-        with pytest.raises(TimeoutError):
-            q.replay(store, Context().with_timeout(0.04))
-        [letter] = q.entries()
-        assert letter.event.id == "ev-0"
-        assert letter.attempts == 2
+    with store_with_failures(q, n=3) as store:
+        letters = q.drain()
+        bad = DeadLetter.now(Event("bad", threading.Lock(), id="unpicklable"), OrderRejected("x"), 1, "h")
+        q.extend([letters[0], bad, letters[2]])
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            q.replay(store)
+        got = sorted((letter.event.id, letter.attempts) for letter in q.entries())
+        # ev-0 and ev-2 ran again and failed again; the unpicklable one stayed, attempts + 1
+        assert got == [("ev-0", 2), ("ev-2", 2), ("unpicklable", 2)]
+
+
+def test_replay_into_a_drained_store_keeps_every_entry_and_raises_store_closed():
+    q = DeadLetterQueue()
+    store = store_with_failures(q, n=2)
+    store.drain()
+    with pytest.raises(StoreClosed):
+        q.replay(store)
+    assert sorted((letter.event.id, letter.attempts) for letter in q.entries()) == [("ev-0", 2), ("ev-1", 2)]
 
 
 # --------------------------------------------------------------------------- attaching

@@ -10,7 +10,13 @@ from busmp._dispatch import BatchRoute, Routes
 from busmp._workers.jobs import Job, Planner
 from busmp._pipeline import Ticket
 from busmp._transport.records import BATCH, EVENTS
+from busmp._transport.slots import Slots
 from busmp._transport.ring import SlotRing
+
+
+def new_slots(*args, **kwargs):
+    """A ring with its parent-side allocator, as a store owns it."""
+    return Slots(SlotRing.create(*args, **kwargs))
 
 
 def noop(ctx, ev):
@@ -19,7 +25,7 @@ def noop(ctx, ev):
 
 @pytest.fixture
 def ring():
-    r = SlotRing.create(1024)
+    r = new_slots(1024)
     yield r
     r.close()
 

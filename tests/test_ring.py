@@ -12,21 +12,27 @@ from hypothesis import given, settings, strategies as st
 
 from busmp import Dispatcher, Event, EventStore
 from busmp._transport.codec import FLAG_CLOUDPICKLE, decode_event, encode_event
+from busmp._transport.slots import Slots
 from busmp._transport.ring import PAGE_SIZE, header_dtype, SLOT_HEADER_SIZE, CorruptSlot, SlotRing
+
+
+def new_slots(*args, **kwargs):
+    """A ring with its parent-side allocator, as a store owns it."""
+    return Slots(SlotRing.create(*args, **kwargs))
 
 
 @pytest.fixture
 def ring():
-    r = SlotRing.create(8, 128)
+    r = new_slots(8, 128)
     yield r
     r.close()
 
 
 def test_header_is_a_numpy_structured_array_with_cursors_on_their_own_cache_lines(ring):
-    assert isinstance(ring.header, np.ndarray)
+    assert isinstance(ring.ring.header, np.ndarray)
     dtype = header_dtype()
-    assert ring.header.dtype == dtype and dtype.names is not None
-    cursors = ["written", "published", "released", "dropped"]
+    assert ring.ring.header.dtype == dtype and dtype.names is not None
+    cursors = ["written", "dispatched", "released", "dropped"]
     offsets = [dtype.fields[name][1] for name in cursors]
     assert all(offset % 64 == 0 for offset in offsets)
     assert [b - a for a, b in zip(offsets, offsets[1:])] == [64, 64, 64]
@@ -48,8 +54,8 @@ def test_slot_round_trip_with_sequence_check(ring):
     payload, flags, _ = encode_event(Event("p", {"x": 1}, id="e1"))
     ring.write(3, seq=42, route=7, payload=payload, flags=flags)
     assert decode_event(*ring.read(3, seq=42))[0] == Event("p", {"x": 1}, id="e1")
-    assert ring.seq_of(3) == 42
-    assert ring.routes(np.array([3]))[0] == 7
+    assert ring.ring.seq_of(3) == 42
+    assert ring.ring.routes(np.array([3]))[0] == 7
     with pytest.raises(CorruptSlot, match="expected #43"):
         ring.read(3, seq=43)
 
@@ -57,8 +63,8 @@ def test_slot_round_trip_with_sequence_check(ring):
 def test_damaged_length_is_reported_not_read_past_the_slot(ring):
     payload, flags, _ = encode_event(Event("p"))
     ring.write(0, 1, 0, payload, flags)
-    off = ring.slot_offset(0)
-    ring._buf[off + 16: off + 20] = (10_000).to_bytes(4, "little")
+    off = ring.ring.slot_offset(0)
+    ring.ring._buf[off + 16: off + 20] = (10_000).to_bytes(4, "little")
     with pytest.raises(CorruptSlot, match="payload bytes"):
         ring.read(0)
 
@@ -68,7 +74,7 @@ def spill_blocks(ring) -> set[str]:
 
 
 def test_event_larger_than_a_slot_spills_into_a_block_that_is_reused_then_unlinked():
-    ring = SlotRing.create(8, 128)
+    ring = new_slots(8, 128)
     big = Event("p", b"x" * 10_000)
     payload, flags, buffers = encode_event(big)
     assert len(payload) > ring.capacity
@@ -84,7 +90,7 @@ def test_event_larger_than_a_slot_spills_into_a_block_that_is_reused_then_unlink
 
 
 def test_payload_bigger_than_a_slot_but_not_a_page_takes_an_arena_page_not_a_block():
-    ring = SlotRing.create(8, 128)
+    ring = new_slots(8, 128)
     assert ring.page_count >= 4 and ring.chunk_capacity == PAGE_SIZE
     event = Event("p", b"z" * 5000)
     payload, flags, buffers = encode_event(event)
@@ -103,7 +109,7 @@ def test_payload_bigger_than_a_slot_but_not_a_page_takes_an_arena_page_not_a_blo
 
 
 def test_when_every_page_is_taken_a_big_payload_spills():
-    ring = SlotRing.create(8, 128)
+    ring = new_slots(8, 128)
     payload, flags, buffers = encode_event(Event("p", b"z" * 5000))
     for slot in range(ring.page_count):
         ring.write(slot, slot + 1, 0, payload, flags, buffers)
@@ -115,11 +121,11 @@ def test_when_every_page_is_taken_a_big_payload_spills():
 
 
 def test_a_damaged_page_reference_is_reported_not_followed():
-    ring = SlotRing.create(8, 128)
+    ring = new_slots(8, 128)
     payload, flags, buffers = encode_event(Event("p", b"z" * 5000))
     ring.write(0, 1, 0, payload, flags, buffers)
-    off = ring.slot_offset(0) + SLOT_HEADER_SIZE
-    ring._buf[off: off + 4] = (ring.page_count + 3).to_bytes(4, "little")
+    off = ring.ring.slot_offset(0) + SLOT_HEADER_SIZE
+    ring.ring._buf[off: off + 4] = (ring.page_count + 3).to_bytes(4, "little")
     try:
         with pytest.raises(CorruptSlot, match="points at page"):
             ring.read(0)
@@ -128,7 +134,7 @@ def test_a_damaged_page_reference_is_reported_not_followed():
 
 
 def test_numpy_buffers_travel_out_of_band_and_come_back_as_private_copies():
-    ring = SlotRing.create(8, 128)
+    ring = new_slots(8, 128)
     array = np.arange(100_000, dtype=np.float64)
     payload, flags, buffers = encode_event(Event("arr", array))
     assert len(buffers) == 1 and len(payload) < 1000  # the 800 kB went out of band
@@ -181,7 +187,7 @@ def test_cloudpickle_only_when_plain_pickle_cannot():
 
 
 def store_segments(store: EventStore) -> str:
-    return f"/dev/shm/{store._ring.name}"
+    return f"/dev/shm/{store._bus.ring.name}"
 
 
 def test_store_segment_unlinked_after_drain():
@@ -209,8 +215,8 @@ def test_store_counters_reach_the_shared_header_at_publish():
         for i in range(6):
             store.subscribe(Event("p", i))
         store.publish()
-        header = store._ring.header
-        assert (int(header["written"]), int(header["published"]), int(header["dropped"])) == (6, 4, 2)
+        header = store._bus.ring.header
+        assert (int(header["written"]), int(header["dispatched"]), int(header["dropped"])) == (6, 4, 2)
 
 
 def test_events_travel_as_protocol_5_pickles_of_their_fields():
@@ -270,7 +276,7 @@ def test_an_event_that_needs_more_shared_memory_than_is_free_is_refused_and_chan
 @given(st.lists(st.tuples(st.sampled_from(["write", "release", "drop"]),
                           st.sampled_from([10, 200, 3000, PAGE_SIZE, 9000]), st.integers(0, 7)), max_size=60))
 def test_pages_and_blocks_are_never_shared_lost_or_misread(ops):
-    ring = SlotRing.create(8, 128)
+    ring = new_slots(8, 128)
     held: dict[int, bytes] = {}  # slot -> what it should read back
     try:
         for op, size, pick in ops:

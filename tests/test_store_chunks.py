@@ -25,8 +25,8 @@ def test_events_of_one_projection_share_slots():
     d, seen = recording_dispatcher("p")
     with EventStore(d, 1 << 10) as store:
         assert store.subscribe_many(Event("p", i) for i in range(300)) == 300
-        assert len(store._ring.pending) < 300 // 4  # far fewer slots than events
-        assert store.stats().pending == len(store._ring.pending)
+        assert len(store._bus.slots.pending) < 300 // 4  # far fewer slots than events
+        assert store.stats().pending == len(store._bus.slots.pending)
         assert store.publish() == 300
     assert seen == [("p", i) for i in range(300)]
 
@@ -37,7 +37,7 @@ def test_chunks_bigger_than_a_slot_live_in_arena_pages():
     with EventStore(d, 1 << 12, workers=1, start_method="fork") as store:
         store.on_after(lambda ctx, ev, result, error: seen.append(ev.data))
         store.subscribe_many(Event("p", i) for i in range(2000))
-        ring = store._ring
+        ring = store._bus.slots
         assert len(ring.pending) <= 2000 // 200  # chunks of hundreds of events, not a slot's worth
         taken = ring.page_count - len(ring.free_pages)
         assert len(ring.pending) - 1 <= taken <= len(ring.pending)  # the first, sizing chunk may fit its slot
@@ -55,7 +55,7 @@ def test_with_every_page_taken_chunks_are_cut_to_slot_size_not_spilled():
     seen = []
     with EventStore(d, 1 << 10, workers=1, start_method="fork", slot_size=128) as store:
         store.on_after(lambda ctx, ev, result, error: seen.append(ev.data))
-        ring = store._ring
+        ring = store._bus.slots
         events = [Event("p", f"{i:08}" * 3) for i in range(1 << 10)]
         assert store.subscribe_many(events) == len(events)
         assert ring.free_pages == []  # the arena filled up, and the rest still went in

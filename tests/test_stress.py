@@ -42,7 +42,7 @@ def test_every_event_is_handled_once_intact_or_counted_dropped(script):
     failed: list[str] = []
     store = EventStore(d, 64, DROP_OLDEST, workers=2, slot_size=128, start_method="fork",
                        dlq=DeadLetterQueue())
-    prefix = store._ring.name.rsplit("_", 1)[0]
+    prefix = store._bus.ring.name.rsplit("_", 1)[0]
     store.on_after(lambda ctx, ev, result, error: (failed if error else handled).append(ev.id))
     subscribed: list[str] = []
     try:

@@ -317,7 +317,7 @@ def test_sigkill_mid_batch_accounts_for_every_event(start_method, many):
         ids = [f"e{i}" for i in range(n)]
         if many:  # events share slots: a crash must still be charged event by event
             assert store.subscribe_many(Event("p", id=i) for i in ids) == n
-            assert len(store._ring.pending) < n
+            assert len(store._bus.slots.pending) < n
         else:
             for i in ids:
                 store.subscribe(Event("p", id=i))
@@ -429,13 +429,13 @@ def test_a_handler_registered_between_check_and_dispatch_turns_the_events_into_d
     d.register("p", lambda ctx, ev: None)
     with running(make_store(d, "fork", workers=1)) as store:
         store.subscribe_many([Event("p", i) for i in range(3)])
-        checked = store._executor.check_routes
+        checked = store._bus.executor.check_routes
 
         def register_after_the_check(routes, key):
             checked(routes, key)
             d.register("p", HoldsALock())
 
-        store._executor.check_routes = register_after_the_check
+        store._bus.executor.check_routes = register_after_the_check
         with pytest.raises(TypeError, match="HoldsALock of projection 'p' cannot be pickled"):
             store.publish()
         store.flush(timeout=10)

@@ -12,7 +12,7 @@ Result channel, worker -> parent:
 
     OUTCOME job u64, pos u32, name length u16, failed u8 | handler name | pickle((Result | None, exception | None))
             always for a failure; for successes only when the parent has hooks
-    EMIT    flags u32 | an encoded event (``_codec``), from ``ctx.emit``
+    FOLLOWUP    flags u32 | an encoded event (``_codec``), from ``ctx.emit``
     DONE    job u64, processed i64, errors i64: the job is finished, its slots may be reused
 
 Control words of a worker's *job* channel, all written by the worker: the job in progress and
@@ -25,20 +25,20 @@ import struct
 from collections.abc import Sequence
 
 __all__ = [
-    "ROUTES", "EVENTS", "BATCH", "STOP", "OUTCOME", "EMIT", "DONE",
-    "ROUTES_HEAD", "JOB_HEAD", "BATCH_HEAD", "OUTCOME_HEAD", "EMIT_HEAD", "DONE_REC",
+    "ROUTES", "EVENTS", "BATCH", "STOP", "OUTCOME", "FOLLOWUP", "DONE",
+    "ROUTES_HEAD", "JOB_HEAD", "BATCH_HEAD", "OUTCOME_HEAD", "FOLLOWUP_HEAD", "DONE_REC",
     "CUR_JOB", "CUR_POS", "CUR_PROCESSED", "CUR_ERRORS", "PID", "HANDLED",
     "Entry", "pack_entries", "unpack_entries",
 ]
 
 ROUTES, EVENTS, BATCH, STOP = 1, 2, 3, 4
-OUTCOME, EMIT, DONE = 11, 12, 13
+OUTCOME, FOLLOWUP, DONE = 11, 12, 13
 
 ROUTES_HEAD = struct.Struct("<B")
 JOB_HEAD = struct.Struct("<QI")
 BATCH_HEAD = struct.Struct("<QIII")
 OUTCOME_HEAD = struct.Struct("<QIHB")
-EMIT_HEAD = struct.Struct("<I")
+FOLLOWUP_HEAD = struct.Struct("<I")
 DONE_REC = struct.Struct("<Qqq")
 
 # Control words (indices into the job channel's spare line).

@@ -6,7 +6,7 @@ Layout of the block (all little-endian)::
                     line 0   magic, version, slot_count, slot_size,
                              page_count, page_size                     (written once, at creation)
                     line 1   written    events encoded into slots      (parent)
-                    line 2   published  events handed to handlers      (parent)
+                    line 2   dispatched events handed to an executor   (parent)
                     line 3   released   slots given back for reuse     (parent)
                     line 4   dropped    pending events discarded       (parent)
     offset 320    slot 0 | slot 1 | ... | slot N-1, each ``slot_size`` bytes:
@@ -24,9 +24,11 @@ last is written next, while its cache lines and pages are still warm, so a bus t
 thousand events in flight touches a thousand slots, not the whole ring.
 
 Who writes what. Every word above has exactly one writing process: the parent, under the
-store's lock (so threads of the parent are serialised too). Workers only read slots, and only
-slots that a job record in their own job ring names (see ``_jobs``); each cursor of a job or
-result ring likewise has one writer. No compare-and-swap is needed anywhere.
+bus's lock (so threads of the parent are serialised too), through :class:`~busmp._transport.slots.Slots`,
+the parent's allocator of slots and pages; the cursor words are its mirror of its counts
+(``Slots.sync_header``), for readers in other processes. Workers only read slots, and only
+slots that a job record in their own job channel names (see ``records``); each cursor of a
+job or result channel likewise has one writer. No compare-and-swap is needed anywhere.
 
 Why the ordering is safe on x86-64: the parent writes a slot's payload and header, *then*
 the job record, *then* bumps the job ring's head word. x86-64 (TSO) never makes stores visible
@@ -70,21 +72,20 @@ from typing import TYPE_CHECKING, Any
 
 from . import shm as _shm
 from .codec import FLAG_OVERFLOW, FLAG_PAGED
-from .._errors import BufferFull
-from .spill import SpillMaps, SpillPool, block_size, read_block, write_block
+from .spill import SpillMaps, read_block
 
 if TYPE_CHECKING:
     import numpy as np
 
 __all__ = [
     "header_dtype", "SLOT_HEADER", "SLOT_HEADER_SIZE", "DEFAULT_SLOT_SIZE", "SPIN_ALLOWED",
-    "PAGE_SIZE", "SlotRing", "CorruptSlot",
+    "PAGE_SIZE", "PAGE_REF", "SlotRing", "CorruptSlot", "arena_pages",
 ]
 
 CACHE_LINE = 64
 MAGIC = 0x62_75_73_6D_70_72_6E_67  # "busmprng"
 VERSION = 2
-CURSORS = ("written", "published", "released", "dropped")
+CURSORS = ("written", "dispatched", "released", "dropped")
 
 GEOMETRY = struct.Struct("<6Q")  # line 0: magic, version, slot_count, slot_size, page_count, page_size
 
@@ -144,9 +145,11 @@ class CorruptSlot(Exception):
 
 
 class SlotRing:
-    """The shared-memory slots plus, in the owning process, their free and pending lists.
+    """The shared-memory block: header, slots and page arena, as any process maps it.
 
-    The free/pending bookkeeping is parent-only and must be used under the store's lock.
+    It only moves bytes: which slot or page is free is the parent's business
+    (:class:`~busmp._transport.slots.Slots`). A reader maps the spill blocks that slots name
+    as it meets them and keeps a few mapped (``SpillMaps``).
     """
 
     def __init__(self, shm: shared_memory.SharedMemory, owner: bool) -> None:
@@ -162,20 +165,7 @@ class SlotRing:
         self.capacity = self.slot_size - SLOT_HEADER_SIZE
         self.arena_offset = _arena_offset(self.slot_count, self.slot_size)
         self._buf: Any = shm.buf
-        self._overflow: dict[int, shared_memory.SharedMemory] = {}  # slot -> its spill block
-        self._paged: dict[int, int] = {}  # slot -> its arena page (parent only)
-        self._pool = SpillPool(shm.name)   # the parent's spare spill blocks
-        self._maps = SpillMaps()           # a reader's mapped spill blocks
-        # Parent-only bookkeeping.
-        self.free: deque[int] = deque(range(self.slot_count - 1, -1, -1)) if owner else deque()
-        self.pending: deque[int] = deque()
-        self.live = [0] * self.slot_count if owner else []   # events each slot still holds
-        self.first = [0] * self.slot_count if owner else []  # a chunk's first live event
-        # Sync mode keeps a slot's events as the objects themselves (nobody else reads them).
-        self.objects: list[Any] = [None] * self.slot_count if owner else []
-        self.free_events = self.slot_count if owner else 0
-        self.free_pages: list[int] = list(range(self.page_count - 1, -1, -1)) if owner else []
-        self.counts = dict.fromkeys(CURSORS, 0)
+        self._maps = SpillMaps()
 
     # -- life cycle ---------------------------------------------------------------
     @classmethod
@@ -202,11 +192,7 @@ class SlotRing:
         return cls(_shm.attach(name), owner=False)
 
     def close(self) -> None:
-        """Release this process's mapping; the owner also unlinks every block."""
-        for block in self._overflow.values():
-            _shm.release(block, unlink=True)
-        self._overflow.clear()
-        self._pool.close()
+        """Release this process's mapping (and its mapped spill blocks); the owner also unlinks."""
         self._maps.close()
         self._header = None
         self._buf = None
@@ -221,27 +207,35 @@ class SlotRing:
             self._header = np.ndarray((), dtype=header_dtype(), buffer=self._shm.buf)
         return self._header
 
+    def write_cursors(self, counts: Sequence[int]) -> None:
+        """Store the cursor words (``CURSORS`` order) as plain words, the bytes the numpy
+        header shows: a numpy item store costs microseconds, and a one-event publish does this."""
+        if self._buf is not None:
+            _CURSOR_WORDS.pack_into(self._buf, CACHE_LINE, *counts)
+
     # -- slots --------------------------------------------------------------------
     def slot_offset(self, slot: int) -> int:
         return HEADER_SIZE + slot * self.slot_size
 
-    def write(self, slot: int, seq: int, route: int, payload: bytes, flags: int,
-              buffers: Sequence[memoryview] = ()) -> None:
-        """Parent only: put an encoded event (and its out-of-band buffers) into ``slot``."""
+    def put(self, slot: int, seq: int, route: int, body: bytes, flags: int) -> None:
+        """Write a slot's header and body: the pickle itself, or (``FLAG_PAGED`` /
+        ``FLAG_OVERFLOW``) the reference to where it lies; the body fits the slot."""
         off = self.slot_offset(slot)
-        if buffers or len(payload) > self.capacity:
-            if self.pages_for(payload, buffers):
-                payload, flags = self._page(slot, payload), flags | FLAG_PAGED
-            else:
-                payload, flags = self._spill(slot, payload, buffers), flags | FLAG_OVERFLOW
-        self._buf[off + SLOT_HEADER_SIZE: off + SLOT_HEADER_SIZE + len(payload)] = payload
-        SLOT_HEADER.pack_into(self._buf, off, seq, route, len(payload), flags)
+        self._buf[off + SLOT_HEADER_SIZE: off + SLOT_HEADER_SIZE + len(body)] = body
+        SLOT_HEADER.pack_into(self._buf, off, seq, route, len(body), flags)
 
-    def read(self, slot: int, seq: int | None = None) -> tuple[Any, int, list[bytearray]]:
+    def put_page(self, page: int, payload: bytes) -> bytes:
+        """Write ``payload`` into arena page ``page``; returns the slot body that refers to it."""
+        start = self.arena_offset + page * self.page_size
+        self._buf[start: start + len(payload)] = payload
+        return PAGE_REF.pack(page, len(payload))
+
+    def read(self, slot: int, seq: int | None = None, own_block: Any = None) -> tuple[Any, int, list[bytearray]]:
         """The payload, flags and out-of-band buffers of ``slot``; checks ``seq`` when given.
 
         A spilled event's buffers are copied out of shared memory, so what a handler keeps
-        stays valid after the block is reused.
+        stays valid after the block is reused. ``own_block(slot, name)``, if given, returns
+        the writer's own mapping of a spill block (so the parent maps nothing twice).
         """
         off = self.slot_offset(slot)
         got_seq, _route, length, flags = SLOT_HEADER.unpack_from(self._buf, off)
@@ -254,8 +248,12 @@ class SlotRing:
         if flags & FLAG_PAGED:
             return self._paged_payload(slot, payload), flags & ~FLAG_PAGED, []
         if flags & FLAG_OVERFLOW:
-            return self._read_spilled(slot, bytes(payload), flags & ~FLAG_OVERFLOW)
+            name = bytes(payload).decode()
+            view = own_block(slot, name) if own_block is not None else None
+            body, buffers = read_block(view if view is not None else self._maps.view(name))
+            return body, flags & ~FLAG_OVERFLOW, buffers
         return payload, flags, []
+
     def seq_of(self, slot: int) -> int:
         return self.seq_and_route(slot)[0]
 
@@ -279,27 +277,10 @@ class SlotRing:
         gathered: np.ndarray = words[slots]
         return gathered
 
-    # -- arena pages: chunks and events larger than a slot --------------------------
     @property
     def chunk_capacity(self) -> int:
         """The most bytes a chunk should take: a page, or a slot when there are no pages."""
         return self.page_size if self.page_count else self.capacity
-
-    def pages_for(self, payload: bytes, buffers: Sequence[memoryview]) -> bool:
-        """Whether a payload too big for a slot would get a page now (parent only)."""
-        return not buffers and len(payload) <= self.page_size and bool(self.free_pages)
-
-    def would_spill(self, payload: bytes, buffers: Sequence[memoryview]) -> bool:
-        """Whether writing this payload now would cost a spill block of its own."""
-        return bool(buffers or len(payload) > self.capacity) and not self.pages_for(payload, buffers)
-
-    def _page(self, slot: int, payload: bytes) -> bytes:
-        self._drop_extra(slot)
-        page = self.free_pages.pop()
-        self._paged[slot] = page
-        start = self.arena_offset + page * self.page_size
-        self._buf[start: start + len(payload)] = payload
-        return PAGE_REF.pack(page, len(payload))
 
     def _paged_payload(self, slot: int, ref: Any) -> Any:
         if len(ref) != PAGE_REF.size:
@@ -310,107 +291,3 @@ class SlotRing:
                               f"{self.page_count} pages of {self.page_size}")
         start = self.arena_offset + page * self.page_size
         return self._buf[start: start + length]
-
-    # -- spill blocks: events larger than a page, and out-of-band buffers -----------
-    def check_spill_room(self, encoded: Sequence[tuple[bytes, Sequence[memoryview]]]) -> None:
-        """Raise ``BufferFull`` if these payloads (with their buffers), written in turn, would
-        need new spill blocks that shared memory has no room for; called before anything is
-        taken, so a refused event changes nothing."""
-        pages, needed = len(self.free_pages), 0
-        for payload, buffers in encoded:
-            if not buffers and len(payload) <= self.capacity:
-                continue
-            if not buffers and len(payload) <= self.page_size and pages:
-                pages -= 1
-                continue
-            size = block_size([payload, *buffers])
-            if not self._pool.has(size):
-                needed += size
-        available = _shm.room(free=True) if needed else None
-        if available is not None and needed > available:
-            raise BufferFull(
-                f"the event needs a {needed / MIB:.1f} MiB shared-memory block but {_shm.SHM_DIR} has only "
-                f"{available / MIB:.1f} MiB free; send smaller events, publish and flush to free "
-                "blocks, or give the machine more shared memory (docker: --shm-size)")
-
-    def _spill(self, slot: int, payload: bytes, buffers: Sequence[memoryview]) -> bytes:
-        self._drop_extra(slot)
-        pieces = [payload, *buffers]
-        block = self._pool.take(block_size(pieces))
-        write_block(block.buf, pieces)
-        self._overflow[slot] = block
-        return block.name.encode()
-
-    def _read_spilled(self, slot: int, ref: bytes, flags: int) -> tuple[bytes, int, list[bytearray]]:
-        name = ref.decode()
-        owned = self._overflow.get(slot)
-        view = owned.buf if owned is not None and owned.name == name else self._maps.view(name)
-        payload, buffers = read_block(view)
-        return payload, flags, buffers
-
-    def _drop_extra(self, slot: int) -> None:
-        """Give back the page or spill block that ``slot`` used, if any."""
-        page = self._paged.pop(slot, None)
-        if page is not None:
-            self.free_pages.append(page)
-        block = self._overflow.pop(slot, None)
-        if block is not None:
-            self._pool.give(block)
-
-    # -- parent-only bookkeeping (under the store's lock) ------------------------
-    # Room is counted in events, as the contract's buffer_size is: a slot holds one event, or
-    # a chunk of several from subscribe_many. Every held slot holds at least one live event,
-    # so with room for an event there is always a free slot too.
-    def take(self, events: int) -> int:
-        """A free slot for ``events`` events; the caller has made room for them."""
-        slot = self.free.pop()
-        self.live[slot] = events
-        self.first[slot] = 0
-        self.free_events -= events
-        return slot
-
-    def release(self, slots: list[int]) -> int:
-        """Give slots back once nobody will read them again; returns the events they held."""
-        events = 0
-        for slot in slots:
-            events += self.live[slot]
-            self.live[slot] = 0
-            self.objects[slot] = None
-            if slot in self._paged or slot in self._overflow:
-                self._drop_extra(slot)
-        self.free.extend(slots)
-        self.free_events += events
-        self.counts["released"] += events
-        return events
-
-    def drop_oldest_pending(self) -> bool:
-        """Discard the oldest pending event (the first live one of the oldest pending slot)."""
-        if not self.pending:
-            return False
-        slot = self.pending[0]
-        self.first[slot] += 1
-        self.live[slot] -= 1
-        self.free_events += 1
-        self.counts["dropped"] += 1
-        if self.live[slot] == 0:
-            self.pending.popleft()
-            self.objects[slot] = None
-            self._drop_extra(slot)
-            self.free.append(slot)
-        return True
-
-    def take_pending(self) -> list[int]:
-        taken = list(self.pending)
-        self.pending.clear()
-        return taken
-
-    def live_events(self, slots: Sequence[int]) -> int:
-        return sum(self.live[slot] for slot in slots)
-
-    def sync_header(self) -> None:
-        """Mirror the parent's counters into the shared header (once per batch, not per event).
-
-        Written as plain words, the same bytes the numpy header shows: a numpy item store costs
-        microseconds, and a one-event publish (the latency path) does this every time."""
-        if self._buf is not None:
-            _CURSOR_WORDS.pack_into(self._buf, CACHE_LINE, *self.counts.values())

@@ -1,7 +1,8 @@
 """Creating, attaching and releasing POSIX shared-memory blocks, with names busmp can find.
 
-Every block busmp creates is named ``busmp_<owner pid>_<token>_<suffix>``, so a store can sweep
-up blocks a dead worker left behind, and a test can tell busmp's blocks from anyone else's.
+Every block busmp creates is named ``busmp_<owner pid>_<token>_<suffix>``, so a test can tell
+busmp's blocks from anyone else's, and a new store can sweep up the blocks of a process that
+is gone.
 The creating process registers each block with multiprocessing's resource tracker, which
 unlinks whatever is left if every process of the bus is killed.
 """
@@ -30,7 +31,17 @@ def new_prefix() -> str:
 
 
 def create(name: str, size: int) -> shared_memory.SharedMemory:
-    return shared_memory.SharedMemory(name=name, create=True, size=max(size, 1))
+    return _mapped_only(shared_memory.SharedMemory(name=name, create=True, size=max(size, 1)))
+
+
+def _mapped_only(shm: shared_memory.SharedMemory) -> shared_memory.SharedMemory:
+    """Close the block's file descriptor once it is mapped: the mapping keeps its own, and a
+    store with many spill blocks would otherwise hold two descriptors per block."""
+    fd = getattr(shm, "_fd", -1)
+    if fd >= 0:
+        os.close(fd)
+        shm._fd = -1  # type: ignore[attr-defined]
+    return shm
 
 
 def create_with_header(name: str, size: int, dtype: np.dtype[Any], **fields: int) -> shared_memory.SharedMemory:
@@ -59,7 +70,7 @@ def room(free: bool) -> int | None:
 
 
 def attach(name: str) -> shared_memory.SharedMemory:
-    return shared_memory.SharedMemory(name=name, create=False)
+    return _mapped_only(shared_memory.SharedMemory(name=name, create=False))
 
 
 def release(shm: shared_memory.SharedMemory, unlink: bool) -> None:

@@ -11,6 +11,7 @@ system call either.
 
 from __future__ import annotations
 
+import secrets
 import struct
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -80,7 +81,6 @@ class SpillPool:
         self._keep_bytes = keep_bytes
         self._kept: dict[int, list[shared_memory.SharedMemory]] = {}
         self._kept_bytes = 0
-        self._count = 0
 
     def has(self, size: int) -> bool:
         """Whether a kept block would serve ``size`` bytes (no new shared memory needed)."""
@@ -92,8 +92,13 @@ class SpillPool:
         if kept:
             self._kept_bytes -= size_class
             return kept.pop()
-        self._count += 1
-        return _shm.create(f"{self._prefix}_x{self._count}", size_class)
+        # An unguessable name: /dev/shm is world-listable, and a name someone could predict
+        # is a name someone could take first. A taken name (however unlikely) just draws again.
+        while True:
+            try:
+                return _shm.create(f"{self._prefix}_x{secrets.token_hex(6)}", size_class)
+            except FileExistsError:
+                continue
 
     def give(self, block: shared_memory.SharedMemory) -> None:
         size_class = _size_class(block.size)

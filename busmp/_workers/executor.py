@@ -1,12 +1,18 @@
-"""The seam between the store and whatever runs handlers.
+"""The seam between the bus and whatever runs handlers: the two protocols, and sync mode.
 
-The store owns the ring, the pending list, back-pressure and accounting; an executor only
-takes *claimed* slots and gets their events handled, reporting every outcome to the store's
-:class:`~busmp._accounting.Accounting` and every finished event to ``Host.finished``.
+The :class:`~busmp._bus.Bus` owns the ring, the pending list, back-pressure and accounting.
+An executor takes *claimed* slots (already counted in flight) and gets their events handled,
+reporting every outcome to ``host.accounting`` and giving slots and in-flight counts back
+through the :class:`Host` methods. That is all it may ask of the bus, and all that a new
+executor (such as a Ray one) implements against:
 
-* :class:`InlineExecutor` (``workers=0``) decodes and runs them in the calling thread.
-* ``ProcessExecutor`` (``_pool``) hands them to worker processes through job rings.
-* A Ray executor will hand them to actors behind the same two methods.
+* :class:`InlineExecutor` (``workers=0``) runs them in the calling thread.
+* ``ProcessExecutor`` (``pool``) hands them to worker processes through job channels.
+
+What each :class:`Executor` method promises is written on it. Threads: ``submit`` and
+``check_routes`` run in any producer thread (several at once); ``help_collect`` in a thread
+waiting in ``flush()``; ``shutdown`` in the thread that drains; ``abandon`` in the finalizer.
+Hooks run in whichever of these threads takes an outcome in (see ``pool`` for the list).
 """
 
 from __future__ import annotations
@@ -14,23 +20,38 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from .._outcomes import Accounting
 from .._dispatch import Routes
 from .._event import BACKGROUND, Context, Event
-from .._pipeline import Run, Ticket, run_runs
+from .._outcomes import Accounting
+from .._pipeline import Item, Run, Ticket, run_runs
+from .._transport.packing import Encoded
+from .._transport.slots import Slots
 
 __all__ = ["Executor", "Host", "InlineExecutor"]
 
 
 class Host(Protocol):
-    """What an executor may ask of its store."""
+    """What an executor may ask of the bus (the :class:`~busmp._bus.Bus` is one)."""
 
     accounting: Accounting
+    slots: Slots
 
-    def routes(self) -> Routes: ...
-    def claim_runs(self, slots: Sequence[int], ticket: Ticket | None) -> tuple[int, list[Run]]: ...
-    def accept_followup(self, event: Event, ctx: Context | None) -> None: ...
-    def finished(self, count: int) -> None: ...
+    def routes_and_key(self) -> tuple[Routes, object]:
+        """The routing snapshot, and a key that changes whenever it must be shipped anew."""
+    def claim_runs(self, slots: Sequence[int], ticket: Ticket | None) -> tuple[int, list[Run]]:
+        """Sync mode: the events of claimed slots, which are given back at once."""
+    def item_at(self, slot: int, seq: int, index: int, ticket: Ticket | None) -> Item:
+        """Event ``index`` of ``slot``, decoded in the parent (for hooks and dead letters)."""
+    def release(self, slots: list[int]) -> None:
+        """Every event of these slots is handled: reuse them (and count the events done)."""
+    def place_followups(self, encoded: list[Encoded]) -> list[int]:
+        """Write follow-ups into free slots (as many as fit); the slots written."""
+    def count_followup(self) -> None:
+        """A follow-up was emitted: published and in flight from now on."""
+    def accept_followup(self, event: Event, ctx: Context | None) -> None:
+        """Check a follow-up emitted in this process, then count it."""
+    def finished(self, count: int) -> None:
+        """``count`` events left flight without a slot to release (follow-ups, dead letters)."""
 
 
 class Executor(Protocol):
@@ -84,7 +105,7 @@ class InlineExecutor:
 
             tally = host.accounting.tally()
             try:
-                run_runs(runs, host.routes(), tally, emit)
+                run_runs(runs, host.routes_and_key()[0], tally, emit)
             except BaseException:
                 host.finished(count + len(followups))  # interrupted: nothing stays in flight
                 raise

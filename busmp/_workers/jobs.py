@@ -19,7 +19,7 @@ import numpy as np
 from .._dispatch import Routes
 from .._pipeline import Ticket
 from .._transport.records import BATCH, EVENTS, Entry
-from .._transport.ring import SlotRing
+from .._transport.slots import Slots
 
 __all__ = ["Job", "Planner", "MAX_JOB", "JOBS_PER_WORKER", "SMALL_PUBLISH"]
 
@@ -69,8 +69,8 @@ class Job:
 class Planner:
     """Turns the slots of one publish into jobs, spread over the workers."""
 
-    def __init__(self, ring: SlotRing, workers: int) -> None:
-        self._ring = ring
+    def __init__(self, slots: Slots, workers: int) -> None:
+        self._slots = slots
         self.workers = workers
         self._next_job = 0
 
@@ -81,13 +81,13 @@ class Planner:
         group's jobs (``ticket``) stay there; the pool feeds the others to whichever worker
         is free, so a publish is cut into several jobs per worker."""
         worker = min(range(self.workers), key=queued.__getitem__)
-        ring = self._ring
+        table, ring = self._slots, self._slots.ring
         if len(listed) <= SMALL_PUBLISH and not routes.batches:
-            if sum(ring.live[s] for s in listed) <= SMALL_PUBLISH:
+            if sum(table.live[s] for s in listed) <= SMALL_PUBLISH:
                 return self._plan_small(listed, routes, ticket, worker)
         slots = np.array(listed, dtype=np.int64)
-        starts = np.fromiter((ring.first[s] for s in listed), np.int64, len(listed))
-        sizes = np.fromiter((ring.live[s] for s in listed), np.int64, len(listed))
+        starts = np.fromiter((table.first[s] for s in listed), np.int64, len(listed))
+        sizes = np.fromiter((table.live[s] for s in listed), np.int64, len(listed))
         entries = np.stack([slots, ring.seqs(slots), starts, starts + sizes], axis=1)
         hashes = ring.routes(slots)
         jobs: list[Job] = []
@@ -103,12 +103,12 @@ class Planner:
 
     def _plan_small(self, slots: list[int], routes: Routes, ticket: Ticket | None, worker: int) -> list[Job]:
         """A publish of a few events, planned without numpy: what an idle bus waits for."""
-        ring, wanted = self._ring, _handler_hash_set(routes)
+        table, wanted = self._slots, _handler_hash_set(routes)
         rows: list[Entry] = []
         for slot in slots:
-            seq, route = ring.seq_and_route(slot)
+            seq, route = table.ring.seq_and_route(slot)
             if route in wanted:
-                rows.append((slot, seq, ring.first[slot], ring.first[slot] + ring.live[slot]))
+                rows.append((slot, seq, table.first[slot], table.first[slot] + table.live[slot]))
         parts = 1 if ticket is not None else min(self.workers, len(rows))  # a group stays in order
         size = -(-len(rows) // parts) if rows else 0
         groups = [rows[n * size:(n + 1) * size] for n in range(parts)]

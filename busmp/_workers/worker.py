@@ -26,7 +26,7 @@ from .._errors import RemoteError
 from .._event import BACKGROUND, Context, Event, Result, current_emitter
 from .._pipeline import NO_RESULT, Item, run_chunk
 from .._transport.records import (
-    BATCH, BATCH_HEAD, CUR_ERRORS, CUR_JOB, CUR_POS, CUR_PROCESSED, DONE, DONE_REC, EMIT, EMIT_HEAD,
+    BATCH, BATCH_HEAD, CUR_ERRORS, CUR_JOB, CUR_POS, CUR_PROCESSED, DONE, DONE_REC, FOLLOWUP, FOLLOWUP_HEAD,
     EVENTS, HANDLED, JOB_HEAD, OUTCOME, OUTCOME_HEAD, PID, ROUTES, ROUTES_HEAD, STOP, Entry, unpack_entries,
 )
 from .._transport.ring import SPIN_ALLOWED, SlotRing
@@ -38,7 +38,7 @@ PARENT_CHECK_SECONDS = 0.5
 _NOTHING = object()  # no projection seen yet
 Decoded = tuple[list[Event], Context, int]  # a slot's events, their context, earlier attempts
 
-def worker_main(ring_name: str, jobs_name: str, results_name: str, doorbell: Any, notify: Any,
+def worker_main(jobs_name: str, results_name: str, doorbell: Any, ring_name: str, notify: Any,
                 owner_pid: int) -> None:
     """Entry point of a worker process (the target of ``Process``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it drains us
@@ -269,7 +269,7 @@ class Worker:
 
     def emit(self, event: Event, ctx: Context) -> None:
         payload, flags, _ = encode_event(event, ctx if ctx is not BACKGROUND else None, out_of_band=False)
-        self.results.put(EMIT, EMIT_HEAD.pack(flags) + payload, self.wait_for_parent)
+        self.results.put(FOLLOWUP, FOLLOWUP_HEAD.pack(flags) + payload, self.wait_for_parent)
 
     def wait_for_parent(self) -> None:
         """The result channel is full: wake the parent and give it a moment."""

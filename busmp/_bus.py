@@ -1,0 +1,471 @@
+"""The seam: what an executor, a transaction or a DLQ replay sees of a store.
+
+:class:`Bus` owns everything that threads of the parent share: the store lock, the slot
+allocator (``_transport.slots``), the single path that writes slots, the pending list, the
+published and in-flight counts, the routing configuration and the outcome accounting.
+:class:`~busmp.EventStore` is the public face over it (arguments checked, the contract's
+names); executors (``_workers``) implement :class:`~busmp._workers.executor.Executor` and
+call back only the methods of :class:`~busmp._workers.executor.Host`, which a ``Bus`` is.
+
+Locking. ``Bus.lock`` guards the allocator, the pending list and the counts. Handlers and hooks
+never run under it: ``publish()`` claims slots under the lock and lets the executor run them
+outside, which is what makes ``publish()`` re-entrant (a handler may publish) and thread-safe
+(each pending slot is claimed by exactly one caller). Lock order, outermost first:
+``ProcessExecutor`` state lock → ``Bus.lock`` → ``Accounting`` counter lock → a DLQ's lock.
+Nothing holding a later lock ever takes an earlier one.
+
+The bus holds no reference to the store, so a store dropped without ``drain()`` is collected
+and finalized even while its scheduler or collector thread runs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ._dispatch import BatchRoute, Dispatcher, Middleware, Routes
+from ._errors import BufferFull, StoreClosed
+from ._event import BACKGROUND, Context, Event
+from ._metrics import Metrics, Stats
+from ._outcomes import Accounting
+from ._pipeline import Item, Run, Ticket
+from ._policy import OverrunPolicy
+from ._transport.codec import UNDECODABLE, decode_events
+from ._transport.packing import CHUNK_MAX, Encoded, check_one, encode_many, encode_one
+from ._transport.ring import SlotRing
+from ._transport.slots import Slots
+
+if TYPE_CHECKING:
+    from ._dlq import DeadLetter, DeadLetterQueue
+    from ._workers.executor import Executor
+
+__all__ = ["Bus", "deadline_of", "NOT_DISPATCHED"]
+
+NOT_DISPATCHED = "busmp.EventStore.drain"
+
+#: A slot's events as objects (sync mode): the events, their context, earlier attempts.
+Held = tuple[list[Event], Context | None, int]
+#: What a sync-mode slot keeps: a Held, or for the usual single event with no context and
+#: no earlier attempts the event alone (two objects fewer per pending event for the GC to walk).
+Kept = Held | Event
+#: The encoding of one event whose sync-mode slot keeps the object: nothing is written.
+_KEPT_ONE: Encoded = (b"", 0, 0, [], 1)
+
+
+class Bus:
+    """The store's state and its one slot-writing path (see the module docstring)."""
+
+    executor: Executor  # set by the store right after the bus is made
+
+    def __init__(self, dispatcher: Dispatcher, buffer_size: int, policy: OverrunPolicy, *,
+                 slot_size: int, keeps_objects: bool, name: str) -> None:
+        self.slots = Slots(SlotRing.create(buffer_size, slot_size, name=name))
+        self.ring = self.slots.ring
+        self.policy = policy
+        self.keeps_objects = keeps_objects
+        self.lock = threading.RLock()
+        self._room = threading.Condition(self.lock)   # slots were freed
+        self._idle = threading.Condition(self.lock)   # in-flight work reached zero
+        self.accounting = Accounting()
+        self.published = 0
+        self.in_flight = 0
+        self.closing = False
+        self.closed = False
+        self._dispatcher = dispatcher
+        self._batches: dict[Hashable, tuple[BatchRoute, ...]] = {}
+        self._middleware: tuple[Middleware, ...] = ()
+        self._config_version = 0
+        self._routes: tuple[tuple[int, int], Routes] | None = None
+        self._last_read: tuple[tuple[int, int | None], tuple[list[Event], Context, int]] | None = None
+
+    # -- configuration ------------------------------------------------------------
+    def add_batch(self, projection: Hashable, route: BatchRoute) -> None:
+        with self.lock:
+            self._batches[projection] = self._batches.get(projection, ()) + (route,)
+            self._config_version += 1
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        with self.lock:
+            self._middleware += (middleware,)
+            self._config_version += 1
+
+    def routes(self) -> Routes:
+        """The routing snapshot for the next dispatch, rebuilt only when something changed."""
+        version = (self._dispatcher.version, self._config_version)
+        cached = self._routes
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        with self.lock:
+            routes = Routes(self._dispatcher.snapshot(), dict(self._batches), self._middleware)
+            self._routes = (version, routes)
+            return routes
+
+    def routes_and_key(self) -> tuple[Routes, object]:
+        """The routing snapshot and a key that changes whenever workers need a new copy."""
+        return self.routes(), (self._dispatcher.version, self._config_version, self.accounting.wants_results)
+
+    # -- producing ----------------------------------------------------------------
+    def subscribe(self, event: Event, ctx: Context | None, timeout: float | None, attempts: int = 0) -> None:
+        """Check and encode ``event``, then (under the lock) make room and write it."""
+        self.check_open()
+        if self.keeps_objects and attempts == 0:
+            check_one(event, ctx)  # the pickle is the check; the slot keeps the object
+            encoded = _KEPT_ONE
+        else:
+            encoded = encode_one(event, ctx, attempts)
+        with self.lock:
+            self.check_open()
+            self._enqueue(encoded, ctx, timeout, _keep(event, ctx, attempts))
+
+    def subscribe_many(self, events: Iterable[Event], ctx: Context | None, timeout: float | None) -> int:
+        self.check_open()
+        chunks = encode_many(list(events), ctx, self.slots.chunk_capacity, self.slots.slot_count)
+        accepted = 0
+        with self.lock:
+            self.check_open()
+            for chunk, members in chunks:
+                for piece, held in self._pieces(chunk, members, ctx):
+                    try:
+                        self._enqueue(piece, ctx, timeout, (held, ctx, 0))
+                    except (BufferFull, TimeoutError):
+                        if accepted == 0:
+                            raise
+                        return accepted
+                    accepted += piece[4]
+        return accepted
+
+    def _pieces(self, chunk: Encoded, members: list[Event], ctx: Context | None) -> list[tuple[Encoded, list[Event]]]:
+        """How a chunk goes into the ring: whole, or (rarely) cut smaller. Under the lock.
+
+        Cut to single events when the ring cannot take it whole and the policy would refuse
+        or wait (so that as many events as fit are accepted); cut to slot size when every
+        arena page is taken (a spill block per chunk would cost more than the cutting).
+        """
+        slots = self.slots
+        if slots.free_events < chunk[4] and self.policy is not OverrunPolicy.DROP_OLDEST:
+            return [(encode_one(event, ctx), [event]) for event in members]
+        if len(members) > 1 and not self.keeps_objects and slots.would_spill(chunk[0], chunk[3]):
+            return encode_many(members, ctx, slots.capacity, slots.slot_count)
+        return [(chunk, members)]
+
+    def _enqueue(self, encoded: Encoded, ctx: Context | None, timeout: float | None, held: Kept) -> None:
+        """Make room (per policy), write one slot, append it to the pending list. Under the lock."""
+        if not self.keeps_objects:
+            self.slots.check_spill_room([(encoded[0], encoded[3])])
+        self._reserve(encoded[4], ctx, timeout)
+        slot = self._write(encoded, held)
+        self.slots.pending.append(slot)
+        self.published += encoded[4]
+
+    def _write(self, encoded: Encoded, held: Kept | None) -> int:
+        """Take a slot and fill it: the one place a slot is written. Its sequence number is
+        that of its first event. A write that fails gives the slot back before raising.
+
+        Sync mode keeps the events themselves (``held``): the pickle only proved that they
+        could travel, and handlers get the very objects that were subscribed, as with any
+        in-process bus. Worker mode writes the pickle into shared memory for the workers.
+        """
+        payload, flags, route, buffers, events = encoded
+        slots = self.slots
+        slot = slots.take(events)
+        if self.keeps_objects and held is not None:
+            slots.objects[slot] = held
+        else:
+            try:
+                slots.write(slot, slots.counts["written"] + 1, route, payload, flags, buffers)
+            except BaseException:
+                slots.untake(slot)
+                raise
+        slots.counts["written"] += events
+        return slot
+
+    def _reserve(self, count: int, ctx: Context | None, timeout: float | None) -> None:
+        """Make room for ``count`` events (all or none), applying the overrun policy. Under the lock."""
+        slots = self.slots
+        if slots.free_events >= count:
+            return
+        if count > slots.slot_count:
+            raise BufferFull(f"{count} events cannot fit a ring of {slots.slot_count} slots; "
+                             "raise buffer_size or commit smaller groups")
+        deadline = deadline_of(timeout, ctx)
+        while slots.free_events < count:
+            if self.policy is OverrunPolicy.DROP_OLDEST and slots.drop_oldest_pending():
+                continue
+            if self.policy is OverrunPolicy.RETURN_ERROR:
+                raise BufferFull(
+                    f"ring full: room for {slots.slot_count} events, {slots.free_events} free, {count} needed; "
+                    "publish() to make room, or choose BLOCK or DROP_OLDEST")
+            # BLOCK, or DROP_OLDEST when every slot is held by work already handed off.
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"ring stayed full ({slots.slot_count} slots) until the timeout")
+            self._room.wait(remaining)
+            self.check_open()
+
+    # -- dispatching --------------------------------------------------------------
+    def publish(self) -> int:
+        """Hand every pending event to the executor; returns how many were taken."""
+        self.check_open()
+        self.executor.check_routes(*self.routes_and_key())
+        with self.lock:
+            slots = self.slots.take_pending()
+            if not slots:
+                return 0
+            events = self.slots.live_events(slots)
+            self._hand_off(events)
+        self.executor.submit(slots)
+        return events
+
+    def _hand_off(self, events: int) -> None:
+        """Events leave the pending list for an executor: in flight, and past the dispatched
+        cursor. Under the lock."""
+        self.in_flight += events
+        self.slots.counts["dispatched"] += events
+
+    def run_now(self, events: Sequence[Event], ctx: Context | None, *, raise_first: bool,
+                on_enqueued: Callable[[], None] | None = None, timeout: float | None = None) -> None:
+        """Enqueue ``events`` all or nothing and handle exactly them, in order, before returning
+        (transactions, schedules due now, timers)."""
+        self.check_open()
+        encoded = [encode_one(event, ctx) for event in events]
+        if not encoded:
+            return
+        ticket = Ticket()
+        with self.lock:
+            self.check_open()
+            if not self.keeps_objects:
+                self.slots.check_spill_room([(item[0], item[3]) for item in encoded])
+            self._reserve(len(encoded), ctx, timeout)
+            slots: list[int] = []
+            try:
+                for item, event in zip(encoded, events):
+                    slots.append(self._write(item, _keep(event, ctx, 0)))
+            except BaseException:
+                for slot in slots:  # all or nothing
+                    self.slots.untake(slot)
+                raise
+            self.published += len(slots)
+            self._hand_off(len(slots))
+        if on_enqueued is not None:
+            on_enqueued()
+        self.executor.submit(slots, ticket)
+        self.executor.wait(ticket, None)
+        if raise_first and ticket.errors:
+            raise ticket.errors[0]
+
+    def replay(self, letters: list[DeadLetter], ctx: Context | None) -> tuple[list[DeadLetter], BaseException | None]:
+        """Re-subscribe dead letters in rounds that fit the ring's room, publishing after each.
+
+        No policy applies to them: a round takes only the room there is, so nothing is dropped,
+        refused or waited on for ever. Returns the letters that could not be enqueued at all
+        and the first error that kept one out.
+        """
+        queue = deque(letters)
+        left: list[DeadLetter] = []
+        first_error: BaseException | None = None
+        while queue:
+            with self.lock:
+                if self.closing:
+                    first_error = first_error or StoreClosed(
+                        "the store was drained; replay the dead letters into a new EventStore")
+                    left.extend(queue)
+                    break
+                room, pending = self.slots.free_events, bool(self.slots.pending)
+                if room == 0 and not pending:
+                    self._room.wait(0.5)  # workers hold every slot: wait for them to give some back
+                    continue
+            if room == 0:
+                self._publish_unless_closed()  # other producers' pending events fill the ring
+                continue
+            round_: list[tuple[DeadLetter, Encoded]] = []
+            for letter in [queue.popleft() for _ in range(min(room, len(queue)))]:
+                try:
+                    round_.append((letter, encode_one(letter.event, ctx, letter.attempts)))
+                except Exception as exc:
+                    first_error = first_error or exc
+                    left.append(letter)
+            later: list[DeadLetter] = []
+            with self.lock:
+                for letter, encoded in round_:
+                    if self.slots.free_events < 1:
+                        later.append(letter)  # room went to another producer: next round
+                        continue
+                    try:
+                        if not self.keeps_objects:
+                            self.slots.check_spill_room([(encoded[0], encoded[3])])
+                        slot = self._write(encoded, _keep(letter.event, ctx, letter.attempts))
+                    except Exception as exc:
+                        first_error = first_error or exc
+                        left.append(letter)
+                        continue
+                    self.slots.pending.append(slot)
+                    self.published += 1
+            queue.extendleft(reversed(later))
+            self._publish_unless_closed()
+        return left, first_error
+
+    def _publish_unless_closed(self) -> None:
+        try:
+            self.publish()
+        except StoreClosed:
+            pass  # drain() took over what was enqueued; the next round keeps the rest
+
+    # -- the executor's host side (see _workers.executor.Host) ----------------------
+    def claim_runs(self, slots: Sequence[int], ticket: Ticket | None) -> tuple[int, list[Run]]:
+        """Sync mode: take the events of claimed slots and give the slots back at once."""
+        table = self.slots
+        with self.lock:
+            runs: list[Run] = []
+            singles: list[Event] = []  # consecutive lone events, run together
+            for slot in slots:
+                kept = table.objects[slot]
+                if type(kept) is not tuple:
+                    singles.append(kept)
+                    continue
+                if singles:
+                    runs.append((singles, BACKGROUND, 0, ticket))
+                    singles = []
+                held, ctx, attempts = kept
+                first = table.first[slot]
+                if first or table.live[slot] != len(held):  # the front of a chunk was dropped
+                    held = held[first: first + table.live[slot]]
+                runs.append((held, ctx if ctx is not None else BACKGROUND, attempts, ticket))
+            if singles:
+                runs.append((singles, BACKGROUND, 0, ticket))
+            events = table.release(list(slots))
+            table.sync_header()
+            self._room.notify_all()
+        return events, runs
+
+    def _read_slot(self, slot: int, seq: int | None = None) -> tuple[list[Event], Context, int]:
+        """What a slot holds, decoded; an undecodable slot reads as placeholder events.
+
+        Worker mode reads each reported-on slot once, however many of its events have
+        outcomes, and no dead letter is made here: the outcome being settled is the record.
+        """
+        key = (slot, seq)
+        if self._last_read is not None and self._last_read[0] == key and seq is not None:
+            return self._last_read[1]
+        payload: Any = b""
+        try:
+            payload, flags, buffers = self.slots.read(slot, seq)
+            events, ctx, attempts = decode_events(payload, flags, buffers)
+            decoded = (events, ctx if ctx is not None else BACKGROUND, attempts)
+        except Exception:
+            decoded = ([Event(UNDECODABLE, bytes(payload))] * CHUNK_MAX, BACKGROUND, 0)
+        self._last_read = (key, decoded)
+        return decoded
+
+    def item_at(self, slot: int, seq: int, index: int, ticket: Ticket | None) -> Item:
+        """Worker mode: event ``index`` of a slot a worker reported on, decoded again here for hooks and DLQ."""
+        events, ctx, attempts = self._read_slot(slot, seq)
+        return Item(events[index], ctx, attempts, ticket)
+
+    def release(self, slots: list[int]) -> None:
+        """Worker mode: these slots' events are fully handled; reuse the slots."""
+        with self.lock:
+            events = self.slots.release(slots)
+            self._room.notify_all()
+        self.finished(events)
+
+    def place_followups(self, encoded: list[Encoded]) -> list[int]:
+        """Worker mode: write as many follow-ups as there are free slots; no policy applies."""
+        placed: list[int] = []
+        with self.lock:
+            for item in encoded:
+                if self.slots.free_events < 1:
+                    break
+                placed.append(self._write(item, None))
+            self.slots.counts["dispatched"] += len(placed)  # already counted in flight when emitted
+        return placed
+
+    def count_followup(self) -> None:
+        with self.lock:
+            self.published += 1
+            self.in_flight += 1
+
+    def accept_followup(self, event: Event, ctx: Context | None) -> None:
+        """A handler's ``ctx.emit(event)``: counted as published and as work in flight."""
+        encode_one(event, ctx)  # reject what could not travel to a worker, in every mode
+        self.count_followup()
+
+    def finished(self, count: int) -> None:
+        with self.lock:
+            self.in_flight -= count
+            if self.in_flight == 0:
+                self._idle.notify_all()
+
+    # -- waiting and closing ------------------------------------------------------
+    def wait_idle(self, deadline: float | None, timeout: float | None) -> None:
+        """Block until nothing is in flight; ``TimeoutError`` past the monotonic ``deadline``."""
+        with self.lock:
+            while self.in_flight > 0:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"flush(): {self.in_flight} events still in flight after {timeout} s")
+                self._idle.wait(remaining)
+
+    def start_closing(self) -> bool:
+        """Mark the bus closing; False if it already was (drain is idempotent)."""
+        with self.lock:
+            if self.closing:
+                return False
+            self.closing = True
+            return True
+
+    def close_pending(self) -> None:
+        """Events subscribed but never published become ``StoreClosed`` dead letters."""
+        with self.lock:
+            table = self.slots
+            for slot in table.take_pending():
+                events = _unkeep(table.objects[slot])[0] if self.keeps_objects else self._read_slot(slot)[0]
+                for event in events[table.first[slot]: table.first[slot] + table.live[slot]]:
+                    self.dead_on_close(event, "never published")
+            self.closed = True
+            self._room.notify_all()
+
+    def dead_on_close(self, event: Event, why: str) -> None:
+        self.accounting.dead_letter(event, StoreClosed(f"store drained; the event was {why}"), 1, NOT_DISPATCHED)
+
+    def check_open(self) -> None:
+        if self.closing:
+            raise StoreClosed("the store was drained; create a new EventStore to publish again")
+
+    # -- observing ----------------------------------------------------------------
+    def metrics(self) -> Metrics:
+        return Metrics(self.published, self.accounting.processed, self.accounting.errors)
+
+    def stats(self, dlq: DeadLetterQueue | None) -> Stats:
+        with self.lock:
+            table = self.slots
+            return Stats(
+                published=self.published, processed=self.accounting.processed,
+                errors=self.accounting.errors, dropped=table.counts["dropped"],
+                pending=len(table.pending), in_flight=self.in_flight,
+                dead_letters=len(dlq) if dlq is not None else 0,
+                free_slots=table.free_events, slots=table.slot_count,
+                workers=self.executor.workers, per_worker=self.executor.per_worker(),
+                free_pages=len(table.free_pages), pages=table.page_count,
+            )
+
+
+def _keep(event: Event, ctx: Context | None, attempts: int) -> Kept:
+    return event if ctx is None and attempts == 0 else ([event], ctx, attempts)
+
+
+def _unkeep(kept: Kept) -> Held:
+    return kept if isinstance(kept, tuple) else ([kept], None, 0)
+
+
+def deadline_of(timeout: float | None, ctx: Context | None) -> float | None:
+    """A ``time.monotonic()`` deadline from a timeout and a context's wall-clock deadline."""
+    candidates = []
+    if timeout is not None:
+        candidates.append(time.monotonic() + timeout)
+    remaining = ctx.remaining() if ctx is not None else None
+    if remaining is not None:
+        candidates.append(time.monotonic() + remaining)
+    return min(candidates) if candidates else None

@@ -1,0 +1,176 @@
+"""The collector: the parent thread that takes in what workers report.
+
+Its loop has three named steps, as CPython's process-pool manager thread has:
+
+1. :meth:`Collector.wait_for_wakeup`: sleep on the notify pipe (every worker writes a byte
+   after a job), the stop pipe, and one descriptor per worker that fires when it dies.
+2. :meth:`Collector.read_results`: read every result channel: outcomes are settled through the
+   bus's accounting (hooks, DLQ, metrics: here, in the parent), DONE records finish jobs and
+   free their slots, follow-ups are placed into free slots as new work.
+3. :meth:`Collector.watch_deaths`: a worker that died is charged for what it held, and replaced.
+
+A thread waiting in ``flush()`` may do step 2 itself for a moment (``read_for``): a short round
+trip then wakes one thread instead of two. ``reading`` makes sure one thread at a time reads
+the channels (each channel has one reader).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import select
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .._errors import RemoteError
+from .._event import Event
+from .._transport.codec import DECODE_HANDLER, UNDECODABLE, decode_event
+from .._transport.records import DONE, DONE_REC, FOLLOWUP, FOLLOWUP_HEAD, OUTCOME, OUTCOME_HEAD
+from .processes import WorkerHandle, is_dead
+
+if TYPE_CHECKING:
+    from .pool import ProcessExecutor
+
+__all__ = ["Collector"]
+
+log = logging.getLogger("busmp")
+POLL_SECONDS = 1.0  # a wake-up with nothing to read re-checks every worker, to be safe
+
+
+class Collector:
+    def __init__(self, pool: ProcessExecutor, name: str) -> None:
+        self._pool = pool
+        self.reading = threading.Lock()
+        self._notify_r, self.notify_w = pool.mp.Pipe(duplex=False)
+        os.set_blocking(self._notify_r.fileno(), False)
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the thread (from any other thread); from then on the caller reads results."""
+        os.write(self._stop_w, b"\x01")
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+        with self.reading:
+            pass  # a flush() still reading has finished, and sees the pool closing from now on
+
+    def close(self) -> None:
+        self._notify_r.close()
+        self.notify_w.close()
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+
+    # -- the loop ---------------------------------------------------------------------
+    def _run(self) -> None:
+        watched: tuple[int, ...] = ()
+        poller = select.poll()
+        while True:
+            handles = [h for h in self._pool.handles if h.process is not None]
+            fds = (self._notify_r.fileno(), self._stop_r, *(h.watch_fd for h in handles))
+            if fds != watched:  # a worker was replaced: watch its descriptor instead
+                poller = select.poll()
+                for fd in fds:
+                    poller.register(fd, select.POLLIN)
+                watched = fds
+            ready = self.wait_for_wakeup(poller)
+            try:
+                with self.reading:
+                    self.read_results()
+                    if self._stop_r in ready:
+                        return  # shutdown() takes over the workers from here
+                    self.watch_deaths(handles, ready)
+            except Exception:  # a bug in here must not stop every later result from arriving
+                log.exception("busmp collector: unexpected error; carrying on")
+
+    def wait_for_wakeup(self, poller: Any) -> set[int]:
+        ready = {fd for fd, _ in poller.poll(POLL_SECONDS * 1000)}
+        if self._notify_r.fileno() in ready:
+            self._drain_notify()
+        return ready
+
+    def watch_deaths(self, handles: list[WorkerHandle], ready: set[int]) -> None:
+        # A wake-up by results alone costs no check per worker; the poll timeout checks all.
+        for handle in handles:
+            if (handle.watch_fd in ready or not ready) and is_dead(handle):
+                self._pool.on_death(handle)
+
+    def read_for(self, done: Callable[[], bool], seconds: float) -> None:
+        """Read results in the calling thread for up to ``seconds`` or until ``done()``; steps
+        aside at once when the collector is reading (it still watches for dying workers)."""
+        until = time.monotonic() + seconds
+        while not done():
+            remaining = until - time.monotonic()
+            if remaining <= 0 or not self.reading.acquire(blocking=False):
+                return
+            try:
+                if self._pool.closing:
+                    return
+                if select.select([self._notify_r], [], [], remaining)[0]:
+                    self._drain_notify()
+                self.read_results()
+            finally:
+                self.reading.release()
+
+    def _drain_notify(self) -> None:
+        try:
+            while os.read(self._notify_r.fileno(), 65536):
+                pass
+        except BlockingIOError:
+            pass
+
+    # -- results ----------------------------------------------------------------------
+    def read_results(self) -> None:
+        for handle in self._pool.handles:
+            self.read_channel(handle)
+        self._pool.place_backlog()
+
+    def read_channel(self, handle: WorkerHandle) -> None:
+        pool = self._pool
+        accounting = pool.host.accounting
+        results = handle.results
+        while (record := results.get()) is not None:
+            kind, payload = record
+            if kind == DONE:
+                job_id, processed, errors = DONE_REC.unpack(payload)
+                accounting.count(processed, errors)
+                job = pool.jobs.get(job_id)
+                if job is not None:
+                    pool.finish(job)
+            elif kind == OUTCOME:
+                job_id, pos, name_len, failed = OUTCOME_HEAD.unpack_from(payload)
+                name = payload[OUTCOME_HEAD.size: OUTCOME_HEAD.size + name_len].decode()
+                result, error = _load_outcome(payload[OUTCOME_HEAD.size + name_len:], name)
+                if error is not None and not failed:  # a success that could not be rebuilt here
+                    accounting.count(0, 1)
+                job = pool.jobs.get(job_id)
+                if job is not None:
+                    pool.settle(job, pos, name, result, error, counted=True)
+            elif kind == FOLLOWUP:
+                (flags,) = FOLLOWUP_HEAD.unpack_from(payload)
+                self._accept_followup(bytes(payload[FOLLOWUP_HEAD.size:]), flags)
+
+    def _accept_followup(self, payload: bytes, flags: int) -> None:
+        pool = self._pool
+        try:
+            event, _ctx, _attempts = decode_event(payload, flags)
+        except Exception as exc:
+            pool.host.accounting.dead_letter(Event(UNDECODABLE, payload), exc, 1, DECODE_HANDLER)
+            return
+        pool.host.count_followup()
+        pool.backlog.append((payload, flags, hash(event.projection), [], 1))
+
+
+def _load_outcome(body: bytes, handler: str) -> tuple[Any, BaseException | None]:
+    """A worker's (result, error); what cannot be rebuilt here becomes a RemoteError."""
+    try:
+        result, error = pickle.loads(body)
+    except Exception as exc:
+        return None, RemoteError(type(exc).__name__, f"the outcome of handler {handler} could not be "
+                                 f"unpickled in the parent: {exc}")
+    return result, error

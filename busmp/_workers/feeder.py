@@ -1,0 +1,108 @@
+"""Feeding the workers: a publish's slots become jobs, jobs go into job channels.
+
+Runs in whichever parent thread submits (a producer's ``publish()``, a transaction, the
+collector placing follow-ups), always under the pool's lock. Each worker holds at most
+``FEED_DEPTH`` jobs; the rest wait in the pool's ``unassigned`` queue and are fed to whichever
+worker finishes first, so a worker the machine slows down never holds work another could do.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from .._dispatch import Routes, handler_name
+from .._errors import BusError
+from .._transport.records import BATCH_HEAD, EVENTS, JOB_HEAD, ROUTES, ROUTES_HEAD, pack_entries
+from .jobs import Job
+from .processes import WorkerHandle, is_dead, ring_doorbell
+
+if TYPE_CHECKING:
+    from .pool import ProcessExecutor
+
+__all__ = ["Feeder", "FEED_DEPTH", "pickle_routes"]
+
+FEED_DEPTH = 2  # jobs a worker holds at once (one running, one queued); the rest wait in the pool
+
+
+class Feeder:
+    def __init__(self, pool: ProcessExecutor) -> None:
+        self._pool = pool
+        self._routes_cache: tuple[object, bytes] | None = None
+
+    def feed(self, woken: set[int]) -> None:
+        """Give each live worker jobs until it holds ``FEED_DEPTH``, one at a time in turn,
+        then ring the doorbells of the workers that got something. Under the pool's lock."""
+        pool = self._pool
+        live = [h for h in pool.handles if h.process is not None]
+        while pool.unassigned and live:
+            live = [h for h in live if len(h.outstanding) < FEED_DEPTH]
+            for handle in live:
+                if not pool.unassigned:
+                    break
+                job = pool.unassigned.popleft()
+                job.worker = handle.index
+                self.write_job(handle, job)
+                woken.add(handle.index)
+        for i in woken:
+            ring_doorbell(pool.handles[i])
+
+    def write_job(self, handle: WorkerHandle, job: Job) -> None:
+        """Put ``job`` into the worker's job channel, after the routes it was planned with."""
+        assert job.routes is not None
+        routes, key = job.routes
+        if handle.routes_key != key:
+            handle.jobs.put(ROUTES, self.routes_payload(routes, key), self._waiter(handle))
+            handle.routes_key = key
+        if job.kind == EVENTS:
+            head = JOB_HEAD.pack(job.id, len(job.entries))
+        else:
+            head = BATCH_HEAD.pack(job.id, len(job.entries), *job.batch)
+        handle.outstanding[job.id] = job
+        handle.queued += job.events
+        handle.jobs.put(job.kind, head + pack_entries(job.entries), self._waiter(handle))
+
+    def routes_payload(self, routes: Routes, key: object) -> bytes:
+        """The ROUTES record for ``key``, pickled once per change of the routes; ``TypeError``
+        naming the handler that cannot travel."""
+        cached = self._routes_cache
+        if cached is None or cached[0] != key:
+            want = self._pool.host.accounting.wants_results
+            cached = (key, ROUTES_HEAD.pack(want) + pickle_routes(routes))
+            self._routes_cache = cached
+        return cached[1]
+
+    def _waiter(self, handle: WorkerHandle) -> Any:
+        """What a full job channel waits with: wake the worker, give it a moment."""
+        def wait() -> None:
+            if is_dead(handle):
+                raise BusError(f"worker {handle.index} died while its job channel was full")
+            ring_doorbell(handle)
+            time.sleep(0.0002)
+        return wait
+
+
+def pickle_routes(routes: Routes) -> bytes:
+    """The routes as workers receive them; a ``TypeError`` naming the callable that cannot
+    be pickled (a handler that holds a lock, a file, a socket...) if they cannot travel."""
+    try:
+        payload: bytes = cloudpickle.dumps(routes, 5)
+        return payload
+    except Exception as exc:
+        named: list[tuple[str, Any]] = [
+            *((f"handler {handler_name(h)} of projection {p!r}", h) for p, hs in routes.handlers.items() for h in hs),
+            *((f"batch handler {r.name} of projection {p!r}", r.handler)
+              for p, rs in routes.batches.items() for r in rs),
+            *((f"middleware {handler_name(m)}", m) for m in routes.middleware),
+        ]
+        for what, fn in named:
+            try:
+                cloudpickle.dumps(fn, 5)
+            except Exception as culprit:
+                raise TypeError(
+                    f"{what} cannot be pickled for the worker processes ({type(culprit).__name__}: "
+                    f"{culprit}); workers need a module-level function or a callable whose state "
+                    "pickles (no locks, open files, sockets or mmaps), or use workers=0") from culprit
+        raise TypeError(f"the handlers cannot be pickled for the worker processes: {exc}") from exc

@@ -1,0 +1,147 @@
+"""Worker processes: their channels, starting, telling death, stopping.
+
+A worker's death is decided by the process itself, never by what a helper reports: on Linux a
+*pidfd* of the worker becomes readable only when that very process has exited (a recycled pid
+cannot fool it). ``multiprocessing``'s sentinel is not enough under forkserver: when the fork
+server itself is killed, every sentinel fires and every exit code reads 255 while the workers
+live on, and a replacement would then share a channel with a live reader. Where there is no
+pidfd (not Linux), the sentinel is all there is.
+
+A worker that dies before it reports ready (``READY`` in its job channel's control words) did
+not start: the main module or the routes could not be loaded there. Such deaths, several in a
+row, mean every replacement would die the same way; a process killed after it started is
+replaced with a short back-off instead, however often it happens.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._transport.channel import Channel
+from .jobs import Job
+
+__all__ = ["WorkerHandle", "new_handle", "start", "is_dead", "reap", "stop", "ring_doorbell"]
+
+JOB_CHANNEL_BYTES_PER_SLOT = 48  # a job entry per slot, with room for its record
+RESULT_CHANNEL_BYTES = 1 << 22
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    """One worker position: its channels and doorbell outlive the processes that fill it."""
+
+    index: int
+    jobs: Channel
+    results: Channel
+    doorbell_r: Any
+    doorbell_w: Any
+    process: Any = None
+    pidfd: int | None = None
+    outstanding: dict[int, Job] = field(default_factory=dict)
+    routes_key: object = None
+    queued: int = 0            # events in outstanding jobs, for balancing
+    crashed_handled: int = 0   # events handled by earlier processes in this position
+    started_at: float = 0.0
+
+    @property
+    def watch_fd(self) -> int:
+        """The descriptor that becomes readable when the process is gone."""
+        return self.pidfd if self.pidfd is not None else int(self.process.sentinel)
+
+
+def new_handle(mp: Any, index: int, prefix: str, slot_count: int) -> WorkerHandle:
+    jobs = Channel.create(f"{prefix}_j{index}", JOB_CHANNEL_BYTES_PER_SLOT * slot_count + (1 << 20))
+    try:
+        results = Channel.create(f"{prefix}_r{index}", RESULT_CHANNEL_BYTES)
+    except BaseException:
+        jobs.close()
+        raise
+    doorbell_r, doorbell_w = mp.Pipe(duplex=False)
+    os.set_blocking(doorbell_w.fileno(), False)
+    return WorkerHandle(index, jobs, results, doorbell_r, doorbell_w)
+
+
+def start(mp: Any, handle: WorkerHandle, target: Any, args: tuple[Any, ...]) -> None:
+    """Start a process in ``handle``'s position (its channels must be empty)."""
+    process = mp.Process(target=target, name=f"busmp-worker-{handle.index}", daemon=True,
+                         args=(handle.jobs.name, handle.results.name, handle.doorbell_r, *args))
+    process.start()
+    handle.process = process
+    handle.routes_key = None
+    handle.started_at = time.monotonic()
+    try:
+        handle.pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):
+        handle.pidfd = None  # not Linux >= 5.3 (or already gone: the sentinel says so too)
+
+
+def is_dead(handle: WorkerHandle) -> bool:
+    """Whether the process in ``handle`` has really exited (see the module docstring)."""
+    if handle.process is None:
+        return True
+    if handle.pidfd is not None:
+        return bool(select.select([handle.pidfd], [], [], 0)[0])
+    return not handle.process.is_alive()
+
+
+def reap(handle: WorkerHandle) -> tuple[int, int | None]:
+    """Collect a dead process; its pid and exit code (negative: the signal), None if unknown."""
+    process = handle.process
+    pid = process.pid
+    process.join(1.0)
+    exitcode = process.exitcode
+    if handle.pidfd is not None:
+        # Under forkserver a killed fork server reports 255 for workers it can no longer
+        # wait for; a pidfd that fired means the process did exit, with a status we lost.
+        os.close(handle.pidfd)
+        handle.pidfd = None
+    try:
+        process.close()
+    except ValueError:
+        pass  # multiprocessing thinks it still runs (its helper died): nothing to release
+    handle.process = None
+    return pid, exitcode
+
+
+def stop(handle: WorkerHandle, deadline: float) -> None:
+    """Wait for the process to exit until ``deadline``, then SIGTERM, then SIGKILL it."""
+    if handle.process is None:
+        return
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None:
+            try:
+                os.kill(handle.process.pid, sig)
+            except ProcessLookupError:
+                break
+        wait = max(0.0, deadline - time.monotonic()) if sig is None else 1.0
+        if _wait_dead(handle, wait):
+            break
+
+
+def _wait_dead(handle: WorkerHandle, seconds: float) -> bool:
+    if handle.pidfd is not None:
+        return bool(select.select([handle.pidfd], [], [], seconds)[0])
+    handle.process.join(seconds)
+    return not handle.process.is_alive()
+
+
+def ring_doorbell(handle: WorkerHandle) -> None:
+    try:
+        os.write(handle.doorbell_w.fileno(), b"\x01")
+    except BlockingIOError:
+        pass  # a full pipe wakes the worker already
+
+
+def close_handle(handle: WorkerHandle) -> None:
+    handle.jobs.close()
+    handle.results.close()
+    handle.doorbell_r.close()
+    handle.doorbell_w.close()
+    if handle.pidfd is not None:
+        os.close(handle.pidfd)
+        handle.pidfd = None
