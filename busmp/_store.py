@@ -31,6 +31,7 @@ from ._workers.executor import Executor, InlineExecutor
 
 __all__ = ["EventStore", "bus_of"]
 
+EXIT_GRACE = 1.0     # seconds a with-block left by an exception gives events already in a worker
 HELP_SECONDS = 0.002  # how long flush() reads the workers' results itself before it sleeps
 
 
@@ -162,19 +163,28 @@ class EventStore:
         letters with :class:`StoreClosed`, so nothing vanishes unnoticed. Past ``timeout``
         the workers are stopped anyway and ``TimeoutError`` is raised.
         """
+        self._close(timeout, flush=True)
+
+    def _close(self, timeout: float | None, flush: bool) -> None:
+        """drain() (``flush``), or the prompt close of a ``with`` block left by an exception:
+        nothing is waited for but the events already in a worker, for at most ``timeout``."""
         bus = self._bus
         if not bus.start_closing():
             return
+        deadline = deadline_of(timeout, None)
         flush_error: TimeoutError | None = None
         try:
-            self.flush(timeout)
+            if flush:
+                self.flush(timeout)
         except TimeoutError as exc:
             flush_error = exc
-        for timer in self._scheduler.stop():
-            bus.dead_on_close(timer.event, "timer never fired")
-        bus.close_pending()
-        bus.executor.shutdown(timeout)
-        self._finalizer()
+        finally:
+            for timer in self._scheduler.stop():
+                bus.dead_on_close(timer.event, "timer never fired")
+            bus.close_pending()
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            bus.executor.shutdown(remaining)
+            self._finalizer()
         if flush_error is not None:
             raise flush_error
 
@@ -187,7 +197,13 @@ class EventStore:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.drain()
+        """``drain()`` on a clean exit. On an exception (Ctrl-C included) close promptly: events
+        not yet handed to a worker become ``StoreClosed`` dead letters, events in a worker get
+        at most ``EXIT_GRACE`` seconds, and the exception propagates."""
+        if exc_type is None:
+            self.drain()
+        else:
+            self._close(EXIT_GRACE, flush=False)
 
     # -- scheduling ---------------------------------------------------------------
     def schedule(self, when: datetime | float, event: Event, ctx: Context | None = None) -> Timer | None:

@@ -194,10 +194,40 @@ def _build(projections: Iterable[Any], datas: list[Any], ids: Iterable[Any], arg
     return events
 
 
-def portable_exception(exc: BaseException) -> BaseException:
-    """An exception that survives the trip from a worker to the parent.
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker process, as text; it is set as the
+    ``__cause__`` of the exception the parent receives, so a printed traceback shows both."""
 
-    ``Exception`` keeps its type when it round-trips through pickle; otherwise it becomes a
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class _WithTraceback:
+    """An exception on its way home with its traceback text (which pickle would drop)."""
+
+    def __init__(self, exc: BaseException, text: str, where: str) -> None:
+        self.exc, self.text, self.where = exc, text, where
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (self.exc, self.text, self.where)
+
+
+def _rebuild(exc: BaseException, text: str, where: str) -> BaseException:
+    exc.__cause__ = RemoteTraceback(f'\n"""\n{text}"""')
+    if hasattr(exc, "add_note"):  # Python 3.11+
+        exc.add_note(where)
+    return exc
+
+
+def portable_exception(exc: BaseException, where: str = "") -> Any:
+    """An exception that survives the trip from a worker to the parent, with its traceback.
+
+    ``Exception`` keeps its type when it round-trips through pickle, and arrives with the
+    remote traceback as its ``__cause__`` (and ``where`` as a note); otherwise it becomes a
     :class:`RemoteError` with the type name, message and traceback text. A ``BaseException``
     that is not an ``Exception`` (``SystemExit``, ``KeyboardInterrupt``) becomes
     :class:`HandlerPanic`.
@@ -210,4 +240,4 @@ def portable_exception(exc: BaseException) -> BaseException:
         pickle.loads(dumps(exc)[0])
     except Exception:
         return RemoteError(name, str(exc), tb)
-    return exc
+    return _WithTraceback(exc, tb, where) if where else exc

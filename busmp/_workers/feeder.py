@@ -8,7 +8,11 @@ worker finishes first, so a worker the machine slows down never holds work anoth
 
 from __future__ import annotations
 
+import copyreg
+import io
 import time
+import types
+from collections import ChainMap
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -88,8 +92,9 @@ def pickle_routes(routes: Routes) -> bytes:
     """The routes as workers receive them; a ``TypeError`` naming the callable that cannot
     be pickled (a handler that holds a lock, a file, a socket...) if they cannot travel."""
     try:
-        payload: bytes = cloudpickle.dumps(routes, 5)
-        return payload
+        buffer = io.BytesIO()
+        _RoutesPickler(buffer, protocol=5).dump(routes)
+        return buffer.getvalue()
     except Exception as exc:
         named: list[tuple[str, Any]] = [
             *((f"handler {handler_name(h)} of projection {p!r}", h) for p, hs in routes.handlers.items() for h in hs),
@@ -106,3 +111,16 @@ def pickle_routes(routes: Routes) -> bytes:
                     f"{culprit}); workers need a module-level function or a callable whose state "
                     "pickles (no locks, open files, sockets or mmaps), or use workers=0") from culprit
         raise TypeError(f"the handlers cannot be pickled for the worker processes: {exc}") from exc
+
+
+def _code_keeping_filename(code: types.CodeType) -> Any:
+    """cloudpickle's reduction of a code object, with the real file name kept: cloudpickle
+    writes ``<dynamic-code>`` (for reproducible pickles), and a worker's traceback would then
+    name no file at all."""
+    rebuild, args = cloudpickle.cloudpickle._code_reduce(code)
+    return rebuild, tuple(code.co_filename if arg == "<dynamic-code>" else arg for arg in args)
+
+
+class _RoutesPickler(cloudpickle.Pickler):  # type: ignore[misc]
+    dispatch_table = ChainMap({types.CodeType: _code_keeping_filename}, cloudpickle.Pickler.dispatch_table,
+                              copyreg.dispatch_table)

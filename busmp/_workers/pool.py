@@ -50,6 +50,7 @@ log = logging.getLogger("busmp")
 #: process can deadlock the child; forkserver forks from a clean single-threaded server that
 #: has busmp and numpy preloaded, so workers start nearly as fast as with fork.
 DEFAULT_START_METHOD = "forkserver" if sys.platform.startswith("linux") else "spawn"
+READY_SECONDS = 60.0      # how long a new store waits for its workers to start
 EARLY_DEATHS_ALLOWED = 3  # workers that die before starting, in a row, before we give up
 CRASH_HANDLER = "busmp.worker"
 
@@ -83,11 +84,37 @@ class ProcessExecutor:
             for i in range(workers):
                 self.handles.append(processes.new_handle(self.mp, i, prefix, host.slots.slot_count))
                 self._start(self.handles[i])
+            self._wait_ready(time.monotonic() + READY_SECONDS)
         except BaseException:
-            self._stop_all(time.monotonic())
+            for handle in self.handles:
+                handle.doorbell_w.close()  # a worker that did start sees its parent leave, and exits
+            self._stop_all(time.monotonic() + 2.0)
+            for handle in self.handles:
+                if handle.process is not None:
+                    processes.reap(handle)
             self._release_resources()
             raise
         self.collector.start()
+
+    def _wait_ready(self, deadline: float) -> None:
+        """Return once every worker has attached to the bus (it writes its pid into its job
+        channel's control words); raise ``BusError`` naming the fix if one dies first.
+
+        A worker that cannot start (typically: under forkserver or spawn it re-imports a main
+        module that starts a store at import time) fails the store's creation here, with one
+        clear error, instead of turning every later event into a dead letter.
+        """
+        waiting = list(self.handles)
+        while waiting:
+            waiting = [h for h in waiting if h.jobs.control(PID) == 0]
+            for handle in waiting:
+                if processes.is_dead(handle):
+                    pid, exitcode = processes.reap(handle)
+                    raise BusError(_cannot_start(self.mp.get_start_method(), pid, exitcode))
+            if waiting and time.monotonic() > deadline:
+                raise BusError(f"busmp worker processes did not start within {READY_SECONDS:.0f} s; "
+                               "the machine may be overloaded, or the main module slow to import")
+            time.sleep(0.001)
 
     def _start(self, handle: WorkerHandle) -> None:
         processes.start(self.mp, handle, worker_main, (self._ring_name, self.collector.notify_w, os.getpid()))
@@ -314,3 +341,20 @@ class ProcessExecutor:
         for handle in self.handles:
             processes.close_handle(handle)
         self.collector.close()
+
+
+def _cannot_start(method: str, pid: int, exitcode: int | None) -> str:
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    reimport = method in ("forkserver", "spawn")
+    why = (f"a busmp worker process (pid {pid}) could not start: it exited with code {exitcode} "
+           "before it attached to the store (its traceback is on stderr above).")
+    if reimport and (path is None or not os.path.exists(path)):
+        return (f"{why} Under start method {method!r} a worker re-imports the main module, and this "
+                f"program's main module ({path or 'interactive or <stdin>'}) cannot be imported: save "
+                "the program to a file, or pass start_method='fork'.")
+    if reimport:
+        return (f"{why} Under start method {method!r} a worker re-imports the main module "
+                f"({path}); if that module creates the store at import time, guard it with "
+                "`if __name__ == '__main__':`.")
+    return why

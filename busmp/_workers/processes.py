@@ -109,18 +109,17 @@ def reap(handle: WorkerHandle) -> tuple[int, int | None]:
 
 
 def stop(handle: WorkerHandle, deadline: float) -> None:
-    """Wait for the process to exit until ``deadline``, then SIGTERM, then SIGKILL it."""
+    """Wait for the process to exit until ``deadline``, then SIGKILL it (a worker holds nothing
+    that needs a clean exit: the parent owns every shared block) and wait for the kernel."""
     if handle.process is None:
         return
-    for sig in (None, signal.SIGTERM, signal.SIGKILL):
-        if sig is not None:
-            try:
-                os.kill(handle.process.pid, sig)
-            except ProcessLookupError:
-                break
-        wait = max(0.0, deadline - time.monotonic()) if sig is None else 1.0
-        if _wait_dead(handle, wait):
-            break
+    if _wait_dead(handle, max(0.0, deadline - time.monotonic())):
+        return
+    try:
+        os.kill(handle.process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    _wait_dead(handle, 5.0)
 
 
 def _wait_dead(handle: WorkerHandle, seconds: float) -> bool:

@@ -254,7 +254,7 @@ class Worker:
         """Send one outcome to the parent; counts it as an error if it is (or becomes) one,
         and says whether it did."""
         if error is not None:
-            error = portable_exception(error)
+            error = portable_exception(error, f"raised in busmp worker process {os.getpid()} by handler {handler}")
         try:
             body = dumps((result, error))[0]
         except Exception as exc:  # an unpicklable Result.value
