@@ -2,22 +2,25 @@
 
 Data flow (``workers=N``)::
 
-   parent process                                               worker process k
-   ──────────────                                               ────────────────
-   subscribe(ev) ─check, encode─▶ [slot ring: header | slots | pages] ┐
-   subscribe_many(evs) ─ chunks ─▶   (free lists, pending: parent)    │ read in place
+   parent process                                                worker process k
+   ──────────────                                                ────────────────
+   EventStore ── the contract's names, arguments checked
+     │
+   Bus (_bus) ── the seam: lock, slot allocator, the one slot-writing path, in-flight counts
+     subscribe(ev) ─check, encode─▶ [slot ring: header | slots | pages] ┐   (_transport)
+     subscribe_many(evs) ─chunks─▶                                    │ read in place
                                                                       ▼
-   publish() ─ plan jobs (_jobs) ─ feed ─▶ [job channel k] ──▶ decode ─▶ middleware ─▶ handlers
-                                                                                           │
-   collector thread ◀─ [result channel k: outcomes, emitted events, DONE] ◀────────────────┘
-   (or, for its first 2 ms, the thread waiting in flush() reads the channels itself)
+     publish() ─▶ executor (_workers): plan jobs, feed ─▶ [job channel k] ─▶ decode ─▶ middleware ─▶ handlers
+                                                                                                      │
+   collector thread ◀── [result channel k: outcomes, follow-ups, DONE] ◀─────────────────────────────┘
+   (or, for its first moments, the thread waiting in flush() reads the channels itself)
      ├─ hooks (on_before / on_after / on_error) run here, in the parent
-     ├─ DeadLetterQueue, metrics, statistics; slots freed on DONE; more jobs fed
-     └─ emitted events ─▶ straight back into the slot ring as new work
+     ├─ DeadLetterQueue, metrics; slots given back to the Bus on DONE; more jobs fed
+     └─ follow-ups (ctx.emit) ─▶ back into the slot ring as new work
 
-With ``workers=0`` the same pipeline runs inline: ``subscribe`` still pickles each event (the
-proof that it could travel) but the slot keeps the event object, and ``publish()`` hands the
-objects to the handlers itself. See ``_ring`` for the memory layout and who writes which word.
+With ``workers=0`` the inline executor runs the same pipeline in ``publish()``: ``subscribe``
+still pickles each event (the proof that it could travel) but the slot keeps the event object.
+``_transport.ring`` draws the memory layout and says which process writes which word.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -49,7 +52,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> Any:
     # EventStore brings the parent's whole machinery (planner, pool, numpy) with it. It is
     # imported on first use, so that a worker process, which imports this package on its
-    # way to busmp._worker, starts without it: under spawn that is ~40 % of its start-up.
+    # way to busmp._workers.worker, starts without it (a large share of a spawned start-up).
     if name == "EventStore":
         from ._store import EventStore
 
