@@ -20,7 +20,7 @@ import time
 import psutil
 import pytest
 
-from busmp import Dispatcher, Event
+from busmp import Dispatcher, Event, WorkerCrashed
 
 from support import make_store, running
 
@@ -178,3 +178,90 @@ def test_a_hook_raising_a_base_exception_does_not_stop_the_outcomes(exc):
         assert sorted(seen) == sorted(seen_ids := [i for r in range(3) for i in
                                                    [f"boom{r}", *(f"e{r}.{i}" for i in range(50))]])
         assert len(seen_ids) == 153 and store.metrics() == (153, 153, 0)
+
+
+# -- workers killed over and over: each (event, handler) ends once -------------------------------
+
+def first_handler(ctx, ev):
+    return None
+
+
+def second_handler(ctx, ev):
+    if ev.data % 97 == 0:
+        raise ValueError(ev.data)  # some failures too: they are reported one by one
+    return None
+
+
+class Killer(threading.Thread):
+    """SIGKILLs a live worker of ``store`` every ``every`` seconds until stopped."""
+
+    def __init__(self, store, every):
+        super().__init__(daemon=True)
+        self.store, self.every, self.kills = store, every, 0
+        self.halt = threading.Event()
+
+    def run(self):
+        n = 0
+        while not self.halt.wait(self.every):
+            handles = self.store._bus.executor.handles
+            process = handles[n % len(handles)].process
+            n += 1
+            if process is None:
+                continue
+            try:
+                os.kill(process.pid, signal.SIGKILL)
+                self.kills += 1
+            except (ProcessLookupError, ValueError, AttributeError):
+                pass
+
+    def stop(self):
+        self.halt.set()
+        self.join(10)
+
+
+@pytest.mark.parametrize("hooks", [True, False], ids=["with-hooks", "counts-only"])
+def test_workers_killed_repeatedly_each_call_ends_once(hooks):
+    """A worker may send an outcome and die before it moves its progress words: the parent
+    must then not charge that call again, nor count it twice, nor miss a call done quietly."""
+    from busmp import OverrunPolicy
+
+    d = Dispatcher()
+    d.register("p", first_handler, second_handler)
+    n = 20000 if hooks else 10000
+    names = ("test_reliability.first_handler", "test_reliability.second_handler")
+    with running(make_store(d, "fork", workers=2, buffer_size=1 << 12, policy=OverrunPolicy.BLOCK),
+                 timeout=60) as store:
+        ok: collections.Counter[tuple[int, str]] = collections.Counter()
+        hooked = []
+        if hooks:
+            def after(ctx, ev, res, err):
+                hooked.append(ev.data)
+            store.on_after(after)
+            store.on_before(lambda ctx, ev: None)
+        killer = Killer(store, 0.05)
+        killer.start()
+        try:
+            for start in range(0, n, 500):
+                store.subscribe_many([Event("p", i) for i in range(start, start + 500)], timeout=30)
+                store.publish()
+        finally:
+            killer.stop()
+        store.flush(timeout=60)
+        letters = store.dlq.entries()
+        crashed = collections.Counter((dl.event.data, dl.handler) for dl in letters)
+        assert all(count == 1 for count in crashed.values()), "a call became a dead letter twice"
+        assert {h for _, h in crashed} <= set(names), {h for _, h in crashed}
+        raised = {(i, names[1]) for i in range(0, n, 97)}
+        for key in raised:
+            assert key in crashed  # raised, or crashed before it could
+        published, processed, errors = store.metrics()
+        assert published == n and processed == 2 * n and errors == len(letters)
+        if hooks:
+            calls = collections.Counter(hooked)
+            assert set(calls) == set(range(n)) and set(calls.values()) == {2}, \
+                [(i, c) for i, c in calls.items() if c != 2][:5]
+        stats = store.stats()
+        assert stats.in_flight == 0 and stats.free_slots == stats.slots
+    assert killer.kills >= 5, killer.kills
+    crashes = sum(isinstance(dl.error, WorkerCrashed) for dl in letters)
+    assert crashes > 0

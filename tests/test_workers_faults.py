@@ -441,7 +441,9 @@ def test_a_handler_registered_between_check_and_dispatch_turns_the_events_into_d
         store.flush(timeout=10)
         assert store.stats().in_flight == 0
     letters = store.dlq.entries()
-    assert sorted(dl.event.data for dl in letters) == [0, 1, 2]
+    # one per (event, handler): each call that never ran
+    assert sorted((dl.event.data, "HoldsALock" in dl.handler) for dl in letters) == [
+        (i, lock) for i in range(3) for lock in (False, True)]
     assert all(isinstance(dl.error, TypeError) for dl in letters)
 
 

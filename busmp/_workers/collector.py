@@ -137,20 +137,20 @@ class Collector:
         while (record := results.get()) is not None:
             kind, payload = record
             if kind == DONE:
-                job_id, processed, errors = DONE_REC.unpack(payload)
-                accounting.count(processed, errors)
+                job_id, quiet, _ = DONE_REC.unpack(payload)
+                accounting.count(quiet, 0)
                 job = pool.jobs.get(job_id)
                 if job is not None:
                     pool.finish(job)
             elif kind == OUTCOME:
-                job_id, pos, name_len, failed = OUTCOME_HEAD.unpack_from(payload)
+                job_id, pos, name_len, _failed, call = OUTCOME_HEAD.unpack_from(payload)
                 name = payload[OUTCOME_HEAD.size: OUTCOME_HEAD.size + name_len].decode()
                 result, error = _load_outcome(payload[OUTCOME_HEAD.size + name_len:], name)
-                if error is not None and not failed:  # a success that could not be rebuilt here
-                    accounting.count(0, 1)
                 job = pool.jobs.get(job_id)
                 if job is not None:
-                    pool.settle(job, pos, name, result, error, counted=True)
+                    job.reported_at = job.reported_at + 1 if job.reported[0] == pos else 1
+                    job.reported = (pos, call)
+                    pool.settle(job, pos, name, result, error, counted=False)
             elif kind == FOLLOWUP:
                 (flags,) = FOLLOWUP_HEAD.unpack_from(payload)
                 self._accept_followup(bytes(payload[FOLLOWUP_HEAD.size:]), flags)

@@ -45,6 +45,10 @@ class Job:
     events: int = 0
     _ends: list[int] | None = None  # cumulative events per entry, when entries hold several
     routes: tuple[Routes, object] | None = None  # the routing snapshot (and its key) planned with
+    # The last outcome the parent read for this job, as (pos, call), and how many it read for
+    # that pos: a worker reports in order, so every call before it is done (see pool.on_death).
+    reported: tuple[int, int] = (-1, -1)
+    reported_at: int = 0
 
     def __post_init__(self) -> None:
         ends = list(accumulate(stop - start for _, _, start, stop in self.entries))

@@ -33,7 +33,11 @@ from .._errors import BusError, StoreClosed, WorkerCrashed
 from .._pipeline import Ticket
 from .._transport.codec import decode_event
 from .._transport.packing import Encoded
-from .._transport.records import CUR_ERRORS, CUR_JOB, CUR_POS, CUR_PROCESSED, HANDLED, PID, STOP
+from .._dispatch import handler_name
+from .._transport.codec import UNDECODABLE
+from .._transport.records import (
+    BATCH, CUR_CALL, CUR_JOB, CUR_POS, CUR_PROCESSED, HANDLED, PID, STOP, WHOLE_EVENT, split_call_word,
+)
 from . import processes
 from .collector import Collector
 from .executor import Host
@@ -158,7 +162,7 @@ class ProcessExecutor:
             self.host.release(idle)  # no handler wants these events
         if refused is not None:
             for job in jobs:  # nothing vanishes: no worker can run these, so they are dead letters
-                self._charge(job, 0, refused)
+                self._charge(job, (0, 0), refused)
             raise refused
         if no_jobs and ticket is not None:
             ticket.done.set()
@@ -211,11 +215,27 @@ class ProcessExecutor:
         if ticket_done and job.ticket is not None:
             job.ticket.done.set()
 
-    def _charge(self, job: Job, first: int, error: BaseException) -> None:
-        """Events ``first`` onwards of ``job`` become dead letters with ``error``; the job ends."""
-        for pos in range(first, job.events):
-            self.settle(job, pos, CRASH_HANDLER, None, error, counted=False)
+    def _charge(self, job: Job, first: tuple[int, int], error: BaseException) -> None:
+        """Every (event, handler) call of ``job`` from ``first`` = (pos, call) on becomes a dead
+        letter with ``error``, named after its handler; the job ends."""
+        start, skip = first
+        for pos in range(start, job.events):
+            for name in self._handler_names(job, pos)[skip if pos == start else 0:]:
+                self.settle(job, pos, name, None, error, counted=False)
         self.finish(job)
+
+    def _handler_names(self, job: Job, pos: int) -> list[str]:
+        """The calls a worker makes for event ``pos`` of ``job``, by handler name, in order."""
+        assert job.routes is not None
+        routes = job.routes[0]
+        if job.kind == BATCH:
+            key, index = job.batch
+            return [list(routes.batches.values())[key][index].name]
+        event = self.host.item_at(*job.locate(pos), job.ticket).event
+        names = [handler_name(h) for h in routes.handlers.get(event.projection, ())]
+        if not names and event.projection == UNDECODABLE:
+            names = [CRASH_HANDLER]  # the parent cannot read it either: one letter for the event
+        return names
 
     def place_backlog(self) -> None:
         """Move follow-ups into free slots and submit them; the rest wait for released slots."""
@@ -240,7 +260,8 @@ class ProcessExecutor:
         controls = handle.jobs
         with self.lock:
             cur_job, cur_pos = controls.control(CUR_JOB), controls.control(CUR_POS)
-            partial = (controls.control(CUR_PROCESSED), controls.control(CUR_ERRORS))
+            call_pos, calls = split_call_word(controls.control(CUR_CALL))
+            quiet = controls.control(CUR_PROCESSED)
             started = controls.control(PID) != 0
             handle.crashed_handled += controls.control(HANDLED)
             dead_jobs = list(handle.outstanding.values())
@@ -251,10 +272,10 @@ class ProcessExecutor:
         error: BaseException = (StoreClosed("the store was drained before the event was handled")
                                 if self.closing else WorkerCrashed(pid, exitcode))
         for job in dead_jobs:
-            first = 0
+            first = (0, 0)
             if job.id == cur_job:
-                first = cur_pos
-                self.host.accounting.count(*partial)
+                first, quiet_at = _frontier(job, cur_pos, calls if call_pos == cur_pos else 0)
+                self.host.accounting.count(quiet + quiet_at, 0)
             self._charge(job, first, error)
         if self._broken is not None:
             self._fail_orphans()
@@ -267,7 +288,7 @@ class ProcessExecutor:
             orphans = list(self.unassigned)
             self.unassigned.clear()
         for job in orphans:
-            self._charge(job, 0, WorkerCrashed(*self._last_death))
+            self._charge(job, (0, 0), WorkerCrashed(*self._last_death))
 
     def _replace(self, handle: WorkerHandle, pid: int, exitcode: int | None, started: bool) -> None:
         log.warning("busmp worker %d (pid %s) died with exit code %s; starting a replacement",
@@ -326,7 +347,7 @@ class ProcessExecutor:
     def _close_unassigned(self) -> None:
         error = StoreClosed("the store was drained before the event was handed to a worker")
         while self.unassigned:
-            self._charge(self.unassigned.popleft(), 0, error)
+            self._charge(self.unassigned.popleft(), (0, 0), error)
 
     def _close_backlog(self) -> None:
         while self.backlog:
@@ -358,3 +379,20 @@ def _cannot_start(method: str, pid: int, exitcode: int | None) -> str:
                 f"({path}); if that module creates the store at import time, guard it with "
                 "`if __name__ == '__main__':`.")
     return why
+
+
+def _frontier(job: Job, pos: int, calls: int) -> tuple[tuple[int, int], int]:
+    """Where a dead worker stopped in ``job``: the first (pos, call) it did not finish, and how
+    many calls before that, at that event, succeeded without an OUTCOME (uncounted so far).
+
+    ``pos``/``calls`` are what its progress words say. An outcome read from its result channel
+    is progress too, and may be ahead of them: the worker sends it before it moves the words,
+    and may die in between. A worker runs and reports in order, so every call before the last
+    one reported is done.
+    """
+    frontier = (pos, calls)
+    last_pos, last_call = job.reported
+    if last_pos >= 0:
+        frontier = max(frontier, (last_pos + 1, 0) if last_call == WHOLE_EVENT else (last_pos, last_call + 1))
+    reported_here = job.reported_at if last_pos == frontier[0] else 0
+    return frontier, max(0, frontier[1] - reported_here)

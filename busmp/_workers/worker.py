@@ -26,8 +26,9 @@ from .._errors import RemoteError
 from .._event import BACKGROUND, Context, Event, Result, current_emitter
 from .._pipeline import NO_RESULT, Item, run_chunk
 from .._transport.records import (
-    BATCH, BATCH_HEAD, CUR_ERRORS, CUR_JOB, CUR_POS, CUR_PROCESSED, DONE, DONE_REC, FOLLOWUP, FOLLOWUP_HEAD,
-    EVENTS, HANDLED, JOB_HEAD, OUTCOME, OUTCOME_HEAD, PID, ROUTES, ROUTES_HEAD, STOP, Entry, unpack_entries,
+    BATCH, BATCH_HEAD, CUR_CALL, CUR_JOB, CUR_POS, CUR_PROCESSED, DONE, DONE_REC, FOLLOWUP, FOLLOWUP_HEAD,
+    EVENTS, HANDLED, JOB_HEAD, OUTCOME, OUTCOME_HEAD, PID, ROUTES, ROUTES_HEAD, STOP, WHOLE_EVENT, Entry,
+    call_word, unpack_entries,
 )
 from .._transport.ring import SPIN_ALLOWED, SlotRing
 
@@ -66,11 +67,11 @@ class Worker:
         self.last_decoded: tuple[tuple[int, int], Decoded | None] = ((-1, -1), None)
         self.want_outcomes = False
         self.handled = 0
-        # Per-job state, for the observer callbacks.
+        # Per-job state, for the observer callbacks. ``quiet``: successes not reported one by
+        # one (no hooks want them); the parent counts every reported outcome itself.
         self.job = 0
         self.entries: list[Entry] = []
-        self.processed = 0
-        self.errors = 0
+        self.quiet = 0
         jobs.set_control(PID, os.getpid())
         self.progress = jobs.control_words()
 
@@ -130,18 +131,18 @@ class Worker:
 
     # -- jobs ---------------------------------------------------------------------
     def start_job(self, job: int, entries: list[Entry]) -> None:
-        self.entries, self.processed, self.errors = entries, 0, 0
+        self.entries, self.quiet = entries, 0
         jobs = self.jobs
         jobs.set_control(CUR_POS, 0)
+        jobs.set_control(CUR_CALL, 0)
         jobs.set_control(CUR_PROCESSED, 0)
-        jobs.set_control(CUR_ERRORS, 0)
         jobs.set_control(CUR_JOB, job)  # last: until now a crash charges the whole job
         self.job = job
 
     def finish_job(self) -> None:
         self.handled += sum(stop - start for _, _, start, stop in self.entries)
         self.jobs.set_control(HANDLED, self.handled)  # before DONE: flush() may return on DONE
-        self.results.put(DONE, DONE_REC.pack(self.job, self.processed, self.errors), self.wait_for_parent)
+        self.results.put(DONE, DONE_REC.pack(self.job, self.quiet, 0), self.wait_for_parent)
 
     def run_events(self, job: int, entries: list[Entry]) -> None:
         self.start_job(job, entries)
@@ -171,34 +172,41 @@ class Worker:
         The hot loop of a worker: no object per event besides the event itself, the chain
         looked up once per run of one projection, outcomes sent only for failures (or when
         the parent has hooks that want every outcome).
+
+        Progress, so that a crash is charged for exactly the (event, handler) calls that did
+        not finish: CUR_CALL after each call of an event with several handlers (the calls
+        done so far), CUR_PROCESSED and then CUR_POS after each event. A reported outcome is
+        progress too: the parent never charges a call it has an outcome for.
         """
         chains, want, report = self.routes.chains, self.want_outcomes, self.report
         words, base = self.progress
-        processed = self.processed
-        failed = False  # this event's outcomes changed the error count
+        quiet = self.quiet
         projection: object = _NOTHING
         chain: tuple[tuple[Any, str], ...] = ()
+        several = False
         for event in events:
             if event.projection is not projection:
                 projection = event.projection
                 chain = chains(projection)
+                several = len(chain) > 1
+            call = 0
             for fn, name in chain:
-                processed += 1
                 try:
                     result = fn(ctx, event)
                 except BaseException as exc:  # the worker must outlive its handlers
-                    failed = report(pos, name, None, exc) or failed
+                    report(pos, name, None, exc, call)
                 else:
                     if want:
-                        failed = report(pos, name, NO_RESULT if result is None else result, None) or failed
-            # Progress, so a crash after this point spares this event; CUR_POS last.
-            words[base + CUR_PROCESSED] = processed
-            if failed:
-                words[base + CUR_ERRORS] = self.errors
-                failed = False
+                        report(pos, name, NO_RESULT if result is None else result, None, call)
+                    else:
+                        quiet += 1
+                call += 1
+                if several:
+                    words[base + CUR_CALL] = call_word(pos, call)
+            words[base + CUR_PROCESSED] = quiet
             pos += 1
-            words[base + CUR_POS] = pos
-        self.processed = processed
+            words[base + CUR_POS] = pos  # last: from here a crash spares this event
+        self.quiet = quiet
 
     def decode(self, slot: int, seq: int, pos: int, count: int) -> Decoded | None:
         """A slot's events straight from the ring; None (and ``count`` failures reported,
@@ -211,10 +219,7 @@ class Worker:
             events, ctx, attempts = decode_events(payload, flags, buffers)
         except Exception as exc:
             for n in range(count):
-                self.processed += 1
-                self.report(pos + n, DECODE_HANDLER, None, exc)
-            self.jobs.set_control(CUR_PROCESSED, self.processed)
-            self.jobs.set_control(CUR_ERRORS, self.errors)
+                self.report(pos + n, DECODE_HANDLER, None, exc, WHOLE_EVENT)
             self.jobs.set_control(CUR_POS, pos + count)
             return None
         decoded = (events, ctx if ctx is not None else BACKGROUND, attempts)
@@ -246,13 +251,15 @@ class Worker:
         return None
 
     def after(self, item: Item, handler: str, result: Result | None, error: BaseException | None) -> None:
-        self.processed += 1
         if error is not None or self.want_outcomes:
-            self.report(item.token, handler, result, error)
+            self.report(item.token, handler, result, error, 0)
+        else:
+            self.quiet += 1
 
-    def report(self, pos: int, handler: str, result: Result | None, error: BaseException | None) -> bool:
-        """Send one outcome to the parent; counts it as an error if it is (or becomes) one,
-        and says whether it did."""
+    def report(self, pos: int, handler: str, result: Result | None, error: BaseException | None,
+               call: int) -> None:
+        """Send the outcome of call number ``call`` (of event ``pos``'s handlers) to the parent,
+        which counts it, fires the hooks and makes the dead letter."""
         if error is not None:
             error = portable_exception(error, f"raised in busmp worker process {os.getpid()} by handler {handler}")
         try:
@@ -260,12 +267,9 @@ class Worker:
         except Exception as exc:  # an unpicklable Result.value
             error = RemoteError("TypeError", f"handler {handler} returned a result that cannot be pickled: {exc}")
             body = dumps((None, error))[0]
-        if error is not None:
-            self.errors += 1
         name = handler.encode()[:0xFFFF]
-        head = OUTCOME_HEAD.pack(self.job, pos, len(name), error is not None)
+        head = OUTCOME_HEAD.pack(self.job, pos, len(name), error is not None, call)
         self.results.put(OUTCOME, head + name + body, self.wait_for_parent)
-        return error is not None
 
     def emit(self, event: Event, ctx: Context) -> None:
         payload, flags, _ = encode_event(event, ctx if ctx is not BACKGROUND else None, out_of_band=False)
