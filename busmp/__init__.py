@@ -18,6 +18,9 @@ Data flow (``workers=N``)::
      ├─ DeadLetterQueue, metrics; slots given back to the Bus on DONE; more jobs fed
      └─ follow-ups (ctx.emit) ─▶ back into the slot ring as new work
 
+   stats block busmp_stats_<uid>_<name> (one 64-byte line per writer): the parent's stats
+   ticker writes the counts, each worker its own line; read_stats / python -m busmp read it
+
 With ``workers=0`` the inline executor runs the same pipeline in ``publish()``: ``subscribe``
 still pickles each event (the proof that it could travel) but the slot keeps the event object.
 ``_transport.ring`` draws the memory layout and says which process writes which word.
@@ -34,6 +37,7 @@ from ._middleware import constant_backoff, exponential_backoff, with_retry
 from ._policy import BLOCK, DROP_OLDEST, RETURN_ERROR, OverrunPolicy
 from ._schedule import Timer
 from ._transaction import Transaction
+from ._watch import read_stats
 
 if TYPE_CHECKING:
     from ._store import EventStore
@@ -43,7 +47,7 @@ __all__ = [
     "BatchHandler", "BufferFull", "BusError", "Context", "DeadLetter", "DeadLetterQueue",
     "Dispatcher", "Event", "EventStore", "Handler", "HandlerPanic", "Metrics", "Middleware",
     "OverrunPolicy", "RemoteError", "Result", "Stats", "StoreClosed", "Timer", "Transaction",
-    "WorkerCrashed", "constant_backoff", "exponential_backoff", "with_retry",
+    "WorkerCrashed", "constant_backoff", "exponential_backoff", "read_stats", "with_retry",
 ]
 
 __version__ = "0.1.0"

@@ -20,6 +20,8 @@ and finalized even while its scheduler or collector thread runs.
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
 from collections import deque
@@ -37,14 +39,18 @@ from ._transport.codec import UNDECODABLE, decode_events
 from ._transport.packing import CHUNK_MAX, Encoded, check_one, encode_many, encode_one
 from ._transport.ring import SlotRing
 from ._transport.slots import Slots
+from ._transport.stats import CLOSED, CLOSING, OPEN, STORE_STATES, WORKER_STATES, StatsBlock
 
 if TYPE_CHECKING:
-    from ._dlq import DeadLetter, DeadLetterQueue
+    from ._dlq import DeadLetter
     from ._workers.executor import Executor
 
 __all__ = ["Bus", "deadline_of", "NOT_DISPATCHED"]
 
 NOT_DISPATCHED = "busmp.EventStore.drain"
+DROP_LOG_SECONDS = 10.0  # after the first dropped event, one WARNING at most this often
+
+log = logging.getLogger("busmp")
 
 #: A slot's events as objects (sync mode): the events, their context, earlier attempts.
 Held = tuple[list[Event], Context | None, int]
@@ -61,9 +67,15 @@ class Bus:
     executor: Executor  # set by the store right after the bus is made
 
     def __init__(self, dispatcher: Dispatcher, buffer_size: int, policy: OverrunPolicy, *,
-                 slot_size: int, keeps_objects: bool, name: str) -> None:
+                 slot_size: int, keeps_objects: bool, name: str, store_name: str, stats: StatsBlock) -> None:
         self.slots = Slots(SlotRing.create(buffer_size, slot_size, name=name))
         self.ring = self.slots.ring
+        self.name = store_name
+        self.stats_block = stats  # the shared statistics (see _watch); workers write their lines
+        self._drops_logged = 0
+        self._drops_logged_at = 0.0
+        # Called after each producer batch, outside the lock, where no thread ticks the stats.
+        self.changed: Callable[[], None] | None = None
         self.policy = policy
         self.keeps_objects = keeps_objects
         self.lock = threading.RLock()
@@ -119,23 +131,29 @@ class Bus:
         with self.lock:
             self.check_open()
             self._enqueue(encoded, ctx, timeout, _keep(event, ctx, attempts))
+        if self.changed is not None:
+            self.changed()
 
     def subscribe_many(self, events: Iterable[Event], ctx: Context | None, timeout: float | None) -> int:
         self.check_open()
         chunks = encode_many(list(events), ctx, self.slots.chunk_capacity, self.slots.slot_count)
         accepted = 0
-        with self.lock:
-            self.check_open()
-            for chunk, members in chunks:
-                for piece, held in self._pieces(chunk, members, ctx):
-                    try:
-                        self._enqueue(piece, ctx, timeout, (held, ctx, 0))
-                    except (BufferFull, TimeoutError):
-                        if accepted == 0:
-                            raise
-                        return accepted
-                    accepted += piece[4]
-        return accepted
+        try:
+            with self.lock:
+                self.check_open()
+                for chunk, members in chunks:
+                    for piece, held in self._pieces(chunk, members, ctx):
+                        try:
+                            self._enqueue(piece, ctx, timeout, (held, ctx, 0))
+                        except (BufferFull, TimeoutError):
+                            if accepted == 0:
+                                raise
+                            return accepted
+                        accepted += piece[4]
+            return accepted
+        finally:
+            if self.changed is not None:
+                self.changed()
 
     def _pieces(self, chunk: Encoded, members: list[Event], ctx: Context | None) -> list[tuple[Encoded, list[Event]]]:
         """How a chunk goes into the ring: whole, or (rarely) cut smaller. Under the lock.
@@ -193,6 +211,8 @@ class Bus:
         deadline = deadline_of(timeout, ctx)
         while slots.free_events < count:
             if self.policy is OverrunPolicy.DROP_OLDEST and slots.drop_oldest_pending():
+                if slots.counts["dropped"] == 1 or time.monotonic() - self._drops_logged_at >= DROP_LOG_SECONDS:
+                    self.log_drops()
                 continue
             if self.policy is OverrunPolicy.RETURN_ERROR:
                 raise BufferFull(
@@ -216,7 +236,11 @@ class Bus:
                 return 0
             events = self.slots.live_events(slots)
             self._hand_off(events)
-        self.executor.submit(slots)
+        try:
+            self.executor.submit(slots)
+        finally:
+            if self.changed is not None:
+                self.changed()
         return events
 
     def _hand_off(self, events: int) -> None:
@@ -416,10 +440,32 @@ class Bus:
             self.closing = True
             return True
 
+    def log_drops(self) -> None:
+        """WARNING for the first dropped event, then the count since the last line (rate-limited
+        by the caller; ``drain()`` logs what is left)."""
+        dropped = self.slots.counts["dropped"]
+        new = dropped - self._drops_logged
+        if new <= 0:
+            return
+        if self._drops_logged == 0:
+            log.warning("busmp store %r dropped its oldest pending event: the ring (%d events) was full "
+                        "(DROP_OLDEST). publish() more often, raise buffer_size, or choose BLOCK",
+                        self.name, self.slots.slot_count)
+            new -= 1
+            self._drops_logged = 1
+        if new > 0:
+            log.warning("busmp store %r dropped %d more pending events (%d in all) since the last "
+                        "report (DROP_OLDEST, ring of %d events full)", self.name, new, dropped,
+                        self.slots.slot_count)
+        self._drops_logged = dropped
+        self._drops_logged_at = time.monotonic()
+
     def close_pending(self) -> None:
         """Events subscribed but never published become ``StoreClosed`` dead letters."""
         with self.lock:
             table = self.slots
+            self.log_drops()
+            table.closed_events += table.pending_events
             for slot in table.take_pending():
                 events = _unkeep(table.objects[slot])[0] if self.keeps_objects else self._read_slot(slot)[0]
                 for event in events[table.first[slot]: table.first[slot] + table.live[slot]]:
@@ -438,18 +484,36 @@ class Bus:
     def metrics(self) -> Metrics:
         return Metrics(self.published, self.accounting.processed, self.accounting.errors)
 
-    def stats(self, dlq: DeadLetterQueue | None) -> Stats:
+    def state(self) -> int:
+        """The store's state word for the statistics block."""
+        return CLOSED if self.closed else CLOSING if self.closing else OPEN
+
+    def counters(self) -> tuple[int, int, int, int, int, int, int, int]:
+        """The statistics block's counter line (``_transport.stats.COUNTERS`` order), in events.
+        Read without the lock: each value is one int read whole; they may be a moment apart."""
+        accounting, table = self.accounting, self.slots
+        return (self.published, accounting.processed, accounting.errors, table.counts["dropped"],
+                table.pending_events, self.in_flight, accounting.dead_letters, accounting.unhandled)
+
+    def stats(self, rates: tuple[float, float, float, float]) -> Stats:
         with self.lock:
             table = self.slots
-            return Stats(
-                published=self.published, processed=self.accounting.processed,
-                errors=self.accounting.errors, dropped=table.counts["dropped"],
-                pending=len(table.pending), in_flight=self.in_flight,
-                dead_letters=len(dlq) if dlq is not None else 0,
-                free_slots=table.free_events, slots=table.slot_count,
-                workers=self.executor.workers, per_worker=self.executor.per_worker(),
-                free_pages=len(table.free_pages), pages=table.page_count,
-            )
+            published, processed, errors, dropped, pending, in_flight, dead, unhandled = self.counters()
+            free_events, free_pages = table.free_events, len(table.free_pages)
+        per_worker = self.executor.per_worker()
+        block = self.stats_block
+        lines = [block.worker_line(k) for k in range(len(per_worker))]
+        return Stats(
+            published=published, processed=processed, errors=errors, dropped=dropped,
+            pending=pending, in_flight=in_flight, dead_letters=dead, free_slots=free_events,
+            slots=table.slot_count, workers=self.executor.workers, per_worker=per_worker,
+            free_pages=free_pages, pages=table.page_count, unhandled=unhandled, name=self.name,
+            pid=os.getpid(), state=STORE_STATES[self.state()],
+            worker_pids=tuple(pid for pid, _ in lines),
+            worker_states=tuple(WORKER_STATES.get(state, "unknown") for _, state in lines),
+            published_rate=rates[0], processed_rate=rates[1], errors_rate=rates[2], dropped_rate=rates[3],
+            updated=time.time(),
+        )
 
 
 def _keep(event: Event, ctx: Context | None, attempts: int) -> Kept:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
 from ._dlq import DeadLetter
@@ -39,6 +39,8 @@ class Accounting:
         self.error_hooks: list[ErrorHook] = []
         self.processed = 0
         self.errors = 0
+        self.dead_letters = 0  # made so far, a running total (whatever the DLQ did with them)
+        self.unhandled = 0     # events published with no handler for their projection
 
     @property
     def watches_before(self) -> bool:
@@ -80,7 +82,17 @@ class Accounting:
         locally, and added here once at the end (``Tally.close``)."""
         return Tally(self)
 
+    def count_unhandled(self, n: int, what: object) -> None:
+        """``n`` events had no handler and no batch handler (``what``: their projections, or
+        a description): counted, and logged at DEBUG, since a typo in a projection looks so."""
+        with self._lock:
+            self.unhandled += n
+        log.debug("busmp: %d event(s) published with no handler for %s; registered projections "
+                  "get handlers with Dispatcher.register", n, what)
+
     def dead_letter(self, event: Event, error: BaseException, attempts: int, handler: str) -> None:
+        with self._lock:
+            self.dead_letters += 1
         queue = self.dlq
         if queue is not None:
             queue.add(DeadLetter.now(event, error, attempts, handler))
@@ -127,6 +139,9 @@ class Tally:
 
     def count_successes(self, n: int) -> None:
         self.succeeded += n
+
+    def count_unhandled(self, n: int, projections: set[Hashable]) -> None:
+        self._accounting.count_unhandled(n, "projection(s) " + ", ".join(sorted(map(repr, projections))))
 
     def close(self) -> None:
         self._accounting.count(self.succeeded, 0)

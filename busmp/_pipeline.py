@@ -62,6 +62,7 @@ class Counter(Observer, Protocol):
     quiet: bool
 
     def count_successes(self, n: int) -> None: ...
+    def count_unhandled(self, n: int, projections: set[Hashable]) -> None: ...
 
 
 def run_runs(runs: Sequence[Run], routes: Routes, observer: Counter, emit: Emitter) -> None:
@@ -76,7 +77,9 @@ def run_runs(runs: Sequence[Run], routes: Routes, observer: Counter, emit: Emitt
     chains_of, after = routes.chains, observer.after
     before = observer.before if observer.watches_before else None
     quiet = observer.quiet and before is None
-    succeeded = 0
+    batches = routes.batches
+    succeeded = unhandled = 0
+    lonely: set[Hashable] = set()  # projections with no handler at all
     reset = current_emitter.set(emit)
     try:
         for events, ctx, attempts, ticket in runs:
@@ -86,6 +89,11 @@ def run_runs(runs: Sequence[Run], routes: Routes, observer: Counter, emit: Emitt
                 if event.projection is not projection:
                     projection = event.projection
                     chain = chains_of(projection)
+                if not chain:
+                    if projection not in batches:
+                        unhandled += 1
+                        lonely.add(projection)
+                    continue
                 for fn, name in chain:
                     item = None
                     if before is not None:
@@ -107,6 +115,8 @@ def run_runs(runs: Sequence[Run], routes: Routes, observer: Counter, emit: Emitt
     finally:
         current_emitter.reset(reset)
         observer.count_successes(succeeded)
+        if unhandled:
+            observer.count_unhandled(unhandled, lonely)
 
 
 def batch_chunks(runs: Iterable[Run], batches: dict[Hashable, tuple[BatchRoute, ...]]

@@ -7,7 +7,10 @@ Nothing here is state of its own beyond the two, the scheduler and the finalizer
 
 from __future__ import annotations
 
+import itertools
+import logging
 import multiprocessing
+import os
 import time
 import weakref
 from collections.abc import Hashable, Iterable
@@ -25,6 +28,8 @@ from ._policy import OverrunPolicy
 from ._schedule import Scheduler, Timer, to_seconds, to_timestamp
 from ._transaction import Transaction
 from ._transport import shm as _shm
+from ._transport import stats as _stats
+from ._watch import StatsTicker
 from ._transport.packing import encode_one
 from ._transport.ring import DEFAULT_SLOT_SIZE
 from ._workers.executor import Executor, InlineExecutor
@@ -34,12 +39,15 @@ __all__ = ["EventStore", "bus_of"]
 EXIT_GRACE = 1.0     # seconds a with-block left by an exception gives events already in a worker
 HELP_SECONDS = 0.002  # how long flush() reads the workers' results itself before it sleeps
 
+log = logging.getLogger("busmp")
+_store_numbers = itertools.count(1)
+
 
 class EventStore:
     """An event bus over a shared-memory slot ring; see the package docstring for the data flow.
 
     ``EventStore(dispatcher, buffer_size=1 << 16, policy=DROP_OLDEST, *, workers=0, dlq=None,
-    slot_size=512, start_method=None)``
+    slot_size=512, start_method=None, name=None)``
 
     * ``buffer_size``: how many events the ring holds (a power of two). When it is full the
       ``policy`` decides: ``DROP_OLDEST`` (the default, as in GoEventBus) discards the oldest
@@ -50,28 +58,50 @@ class EventStore:
     * ``slot_size``: bytes per ring slot (default 512). A larger event takes a page of the
       ring's arena (8 KiB), a larger one still a shared-memory block of its own.
     * ``start_method``: ``"forkserver"`` (the Linux default), ``"spawn"`` or ``"fork"``.
+    * ``name``: what other processes find the store by (``busmp.read_stats(name)``,
+      ``python -m busmp stats NAME``): 1-24 characters of ``A-Z a-z 0-9 . _ -``, unique among
+      this user's live stores (``ValueError`` otherwise). By default ``bus-<pid>-<n>``.
     """
 
     def __init__(self, dispatcher: Dispatcher, buffer_size: int = 1 << 16,
                  policy: OverrunPolicy = OverrunPolicy.DROP_OLDEST, *, workers: int = 0,
                  dlq: DeadLetterQueue | None = None, slot_size: int = DEFAULT_SLOT_SIZE,
-                 start_method: str | None = None) -> None:
+                 start_method: str | None = None, name: str | None = None) -> None:
         _validate(dispatcher, buffer_size, policy, workers, dlq)
         _validate_start_method(start_method)
+        name = _stats.check_name(name) if name is not None else f"bus-{os.getpid()}-{next(_store_numbers)}"
+        _stats.sweep()  # blocks of this user's stores that were killed
         prefix = _shm.new_prefix()
-        bus = Bus(dispatcher, buffer_size, policy, slot_size=slot_size, keeps_objects=workers == 0,
-                  name=f"{prefix}_ring")
+        from ._transport.ring import arena_pages
+
+        block = _stats.StatsBlock(name, buffer_size, workers, arena_pages(buffer_size, slot_size))
+        try:
+            bus = Bus(dispatcher, buffer_size, policy, slot_size=slot_size, keeps_objects=workers == 0,
+                      name=f"{prefix}_ring", store_name=name, stats=block)
+        except BaseException:
+            block.close()
+            raise
         bus.accounting.dlq = dlq
         try:
             bus.executor = _make_executor(bus, workers, start_method, prefix)
         except BaseException:
             bus.slots.close()
+            block.close()
             raise
         self._bus = bus
         self._scheduler = Scheduler(_timer_firer(bus), name=f"busmp-scheduler-{prefix}")
+        self._ticker = StatsTicker(bus, block, name=f"busmp-stats-{prefix}", threaded=workers > 0)
+        self._ticker.start()
+        if workers == 0:
+            bus.changed = self._ticker.maybe_tick  # no thread in sync mode (see _watch)
         # A store dropped without drain() still stops its workers and unlinks its memory: the
         # finalizer holds what must be released, none of which refers back to the store.
-        self._finalizer = weakref.finalize(self, _abandon, bus, self._scheduler)
+        self._finalizer = weakref.finalize(self, _abandon, bus, self._scheduler, self._ticker)
+
+    @property
+    def name(self) -> str:
+        """The store's name, as ``busmp.read_stats`` and ``python -m busmp`` know it."""
+        return self._bus.name
 
     # -- configuration ------------------------------------------------------------
     @property
@@ -184,6 +214,7 @@ class EventStore:
             bus.close_pending()
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             bus.executor.shutdown(remaining)
+            self._ticker.tick()  # the last counts, for a reader that looks before the block goes
             self._finalizer()
         if flush_error is not None:
             raise flush_error
@@ -231,18 +262,30 @@ class EventStore:
 
     # -- observing ----------------------------------------------------------------
     def metrics(self) -> Metrics:
-        """``Metrics(published, processed, errors)``: accepted subscribes (and follow-ups),
-        completed (event, handler) calls, failed ones."""
+        """``Metrics(published, processed, errors)``, exact at the moment of the call.
+
+        * ``published``: +1 per accepted subscribe (an event later dropped by ``DROP_OLDEST``
+          stays counted; a refused one is not) and per follow-up a handler emits;
+        * ``processed``: +1 per completed (event, handler) call, successful or failed; a batch
+          chunk adds its length;
+        * ``errors``: +1 per failed (event, handler) call; a failed batch chunk adds its length.
+
+        In worker mode an outcome counts once the parent has read it from the worker.
+        """
         return self._bus.metrics()
 
     def stats(self) -> Stats:
-        """A richer snapshot: pending, in flight, dropped, dead letters, per-worker counts."""
-        return self._bus.stats(self.dlq)
+        """A :class:`~busmp.Stats` snapshot, exact at the moment of the call and counted in
+        events (see ``Stats`` for every field): the metrics, ``pending``, ``in_flight``,
+        ``dropped``, ``dead_letters`` (a running total), ``unhandled``, ring room, and per
+        worker its handled count, pid and state, plus rates over the last second. Other
+        processes read the same fields with ``busmp.read_stats(store.name)``."""
+        return self._bus.stats(self._ticker.rates)
 
     def __repr__(self) -> str:
         bus = self._bus
         state = "closed" if bus.closed else "open"
-        return (f"EventStore({bus.slots.slot_count} slots, {bus.policy.name}, "
+        return (f"EventStore({bus.name!r}, {bus.slots.slot_count} slots, {bus.policy.name}, "
                 f"workers={bus.executor.workers}, {state})")
 
 
@@ -271,11 +314,21 @@ def _timer_firer(bus: Bus) -> Any:
     return fire
 
 
-def _abandon(bus: Bus, scheduler: Scheduler) -> None:
-    """Release what a store holds, without touching the store (it may be gone already)."""
+def _abandon(bus: Bus, scheduler: Scheduler, ticker: StatsTicker) -> None:
+    """Release what a store holds, without touching the store (it may be gone already).
+
+    Also the end of ``drain()``; when the store was not drained (garbage-collected, or still
+    open at interpreter exit) whatever was pending or in flight is lost, which deserves a line.
+    """
+    if not bus.closed:
+        log.warning("busmp store %r was dropped without drain(): %d pending and %d in-flight events "
+                    "are lost, and no dead letters were made for them; call store.drain() or use "
+                    "`with EventStore(...) as store:`", bus.name, bus.slots.pending_events, bus.in_flight)
+    ticker.stop()
     scheduler.stop()
     bus.executor.abandon()
     bus.slots.close()
+    bus.stats_block.close()
 
 
 def _validate(dispatcher: object, buffer_size: object, policy: object, workers: object, dlq: object) -> None:

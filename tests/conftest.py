@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import threading
 import time
 
@@ -12,12 +13,25 @@ SHM = "/dev/shm"
 
 
 def busmp_blocks() -> set[str]:
-    """busmp's blocks owned by this process (their names carry the owner's pid)."""
+    """busmp's blocks owned by this process: their names carry the owner's pid, except a
+    store's statistics block (``busmp_stats_<uid>_<store name>``), whose line 0 does."""
     mine = f"busmp_{os.getpid()}_"
     try:
-        return {name for name in os.listdir(SHM) if name.startswith(mine)}
+        names = os.listdir(SHM)
     except FileNotFoundError:  # not Linux
         return set()
+    return {name for name in names if name.startswith(mine)
+            or name.startswith(f"busmp_stats_{os.getuid()}_") and stats_owner(name) == os.getpid()}
+
+
+def stats_owner(name: str) -> int | None:
+    """The owner pid in a statistics block's line 0 (magic, version, pid, ...)."""
+    try:
+        with open(os.path.join(SHM, name), "rb") as block:
+            head = block.read(24)
+    except OSError:
+        return None
+    return struct.unpack("<QQq", head)[2] if len(head) == 24 else None
 
 
 def busmp_threads() -> set[str]:

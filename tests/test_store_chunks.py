@@ -26,7 +26,7 @@ def test_events_of_one_projection_share_slots():
     with EventStore(d, 1 << 10) as store:
         assert store.subscribe_many(Event("p", i) for i in range(300)) == 300
         assert len(store._bus.slots.pending) < 300 // 4  # far fewer slots than events
-        assert store.stats().pending == len(store._bus.slots.pending)
+        assert store.stats().pending == 300  # events, not the slots that hold them
         assert store.publish() == 300
     assert seen == [("p", i) for i in range(300)]
 

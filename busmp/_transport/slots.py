@@ -53,6 +53,7 @@ class Slots:
         self.free_events = ring.slot_count
         self.free_pages: list[int] = list(range(ring.page_count - 1, -1, -1))
         self.counts = dict.fromkeys(CURSORS, 0)
+        self.closed_events = 0  # pending events a closing store took (they became dead letters)
         self._paged: dict[int, int] = {}                              # slot -> its arena page
         self._overflow: dict[int, shared_memory.SharedMemory] = {}    # slot -> its spill block
         self._pool = SpillPool(ring.name)
@@ -203,6 +204,13 @@ class Slots:
         taken = list(self.pending)
         self.pending.clear()
         return taken
+
+    @property
+    def pending_events(self) -> int:
+        """Events in pending slots, from the counts (no walk over the pending list): every
+        event written is pending until it is dispatched, dropped, or taken by a closing store."""
+        counts = self.counts
+        return counts["written"] - counts["dispatched"] - counts["dropped"] - self.closed_events
 
     def live_events(self, slots: Sequence[int]) -> int:
         return sum(self.live[slot] for slot in slots)

@@ -26,6 +26,7 @@ from .._outcomes import Accounting
 from .._pipeline import Item, Run, Ticket, run_runs
 from .._transport.packing import Encoded
 from .._transport.slots import Slots
+from .._transport.stats import StatsBlock
 
 __all__ = ["Executor", "Host", "InlineExecutor"]
 
@@ -35,6 +36,9 @@ class Host(Protocol):
 
     accounting: Accounting
     slots: Slots
+    name: str                # the store's name, for log lines
+    stats_block: StatsBlock  # the shared statistics; a worker position's line is the executor's
+                             # to write while no process fills it (see _transport.stats)
 
     def routes_and_key(self) -> tuple[Routes, object]:
         """The routing snapshot, and a key that changes whenever it must be shipped anew."""

@@ -38,6 +38,7 @@ from .._transport.codec import UNDECODABLE
 from .._transport.records import (
     BATCH, CUR_CALL, CUR_JOB, CUR_POS, CUR_PROCESSED, HANDLED, PID, STOP, WHOLE_EVENT, split_call_word,
 )
+from .._transport.stats import DEAD, STARTING
 from . import processes
 from .collector import Collector
 from .executor import Host
@@ -121,7 +122,13 @@ class ProcessExecutor:
             time.sleep(0.001)
 
     def _start(self, handle: WorkerHandle) -> None:
-        processes.start(self.mp, handle, worker_main, (self._ring_name, self.collector.notify_w, os.getpid()))
+        # The position's statistics line is the parent's while no process fills it: STARTING
+        # now; from its start on, the worker writes it (see _transport.stats).
+        block = self.host.stats_block
+        block.set_worker(handle.index, 0, STARTING)
+        processes.start(self.mp, handle, worker_main, (self._ring_name, self.collector.notify_w, os.getpid(),
+                                                      block.block, handle.index))
+        log.info("busmp store %r: worker %d started (pid %d)", self.host.name, handle.index, handle.process.pid)
 
     # -- submitting ---------------------------------------------------------------
     def check_routes(self, routes: Any, key: object) -> None:
@@ -146,6 +153,7 @@ class ProcessExecutor:
                     refs[slot] += 1
                 covered += len(job.entries)
             idle = [s for s in listed if refs[s] == 0] if covered < len(listed) or routes.batches else []
+            unhandled = self.host.slots.live_events(idle)
             for job in jobs:
                 job.routes = (routes, key)
                 self.jobs[job.id] = job
@@ -159,6 +167,8 @@ class ProcessExecutor:
                 self.feeder.feed({job.worker for job in jobs} if ticket is not None else set())
             no_jobs = ticket is not None and ticket.jobs == 0
         if len(idle):
+            if unhandled:
+                self.host.accounting.count_unhandled(unhandled, "their projections (worker mode)")
             self.host.release(idle)  # no handler wants these events
         if refused is not None:
             for job in jobs:  # nothing vanishes: no worker can run these, so they are dead letters
@@ -257,6 +267,10 @@ class ProcessExecutor:
         """
         self.collector.read_channel(handle)
         pid, exitcode = processes.reap(handle)
+        self.host.stats_block.set_worker(handle.index, pid, DEAD)
+        if self.closing:
+            log.info("busmp store %r: worker %d (pid %d) exited with code %s", self.host.name, handle.index,
+                     pid, exitcode)
         controls = handle.jobs
         with self.lock:
             cur_job, cur_pos = controls.control(CUR_JOB), controls.control(CUR_POS)
@@ -291,16 +305,19 @@ class ProcessExecutor:
             self._charge(job, (0, 0), WorkerCrashed(*self._last_death))
 
     def _replace(self, handle: WorkerHandle, pid: int, exitcode: int | None, started: bool) -> None:
-        log.warning("busmp worker %d (pid %s) died with exit code %s; starting a replacement",
-                    handle.index, pid, exitcode)
+        log.warning("busmp store %r: worker %d (pid %s) died with exit code %s; starting a replacement",
+                    self.host.name, handle.index, pid, exitcode)
         self._last_death = (pid, exitcode)
         self._early_deaths = 0 if started else self._early_deaths + 1
         if self._early_deaths >= EARLY_DEATHS_ALLOWED:
             self._broken = (f"busmp worker processes die before starting (last exit code "
                             f"{exitcode}); check that the main module can be imported "
                             "by a child process (guard it with `if __name__ == '__main__':`)")
+            log.error("busmp store %r: %s; no more replacements", self.host.name, self._broken)
             return
         self._start(handle)
+        log.info("busmp store %r: worker %d replaced: pid %s took over from pid %s", self.host.name,
+                 handle.index, handle.process.pid, pid)
 
     # -- shutting down ----------------------------------------------------------------
     def shutdown(self, timeout: float | None) -> None:

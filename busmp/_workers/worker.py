@@ -31,6 +31,7 @@ from .._transport.records import (
     call_word, unpack_entries,
 )
 from .._transport.ring import SPIN_ALLOWED, SlotRing
+from .._transport.stats import BUSY, IDLE, W_HANDLED, W_JOBS, WorkerLine
 
 __all__ = ["worker_main", "Worker"]
 
@@ -40,13 +41,14 @@ _NOTHING = object()  # no projection seen yet
 Decoded = tuple[list[Event], Context, int]  # a slot's events, their context, earlier attempts
 
 def worker_main(jobs_name: str, results_name: str, doorbell: Any, ring_name: str, notify: Any,
-                owner_pid: int) -> None:
+                owner_pid: int, stats_name: str | None = None, index: int = 0) -> None:
     """Entry point of a worker process (the target of ``Process``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it drains us
     owner = Owner(owner_pid)
     _start_watchdog(owner)
+    line = WorkerLine(stats_name, index) if stats_name is not None else None
     worker = Worker(SlotRing.attach(ring_name), Channel.attach(jobs_name), Channel.attach(results_name),
-                    doorbell.fileno(), notify.fileno(), owner)
+                    doorbell.fileno(), notify.fileno(), owner, line)
     try:
         worker.run()
     finally:
@@ -57,7 +59,7 @@ class Worker:
     watches_before = False  # the parent fires on_before when an outcome arrives
 
     def __init__(self, ring: SlotRing, jobs: Channel, results: Channel, doorbell_fd: int,
-                 notify_fd: int, owner: Owner) -> None:
+                 notify_fd: int, owner: Owner, line: WorkerLine | None = None) -> None:
         self.ring, self.jobs, self.results = ring, jobs, results
         self.doorbell_fd, self.notify_fd = doorbell_fd, notify_fd
         os.set_blocking(doorbell_fd, False)
@@ -74,9 +76,18 @@ class Worker:
         self.quiet = 0
         jobs.set_control(PID, os.getpid())
         self.progress = jobs.control_words()
+        # This position's statistics line: ours while we run. The handled count goes on from
+        # where the earlier processes of this position left it.
+        self.line = line
+        self.handled_before = line.handled() if line is not None else 0
+        self.jobs_done = 0
+        if line is not None:
+            line.started(os.getpid(), IDLE, time.time())
 
     def close(self) -> None:
         self.notify_parent()
+        if self.line is not None:
+            self.line.close()
         self.ring.close()
         self.jobs.close()
         self.results.close()
@@ -138,10 +149,18 @@ class Worker:
         jobs.set_control(CUR_PROCESSED, 0)
         jobs.set_control(CUR_JOB, job)  # last: until now a crash charges the whole job
         self.job = job
+        if self.line is not None:
+            self.line.set_state(BUSY, time.time())
 
     def finish_job(self) -> None:
         self.handled += sum(stop - start for _, _, start, stop in self.entries)
         self.jobs.set_control(HANDLED, self.handled)  # before DONE: flush() may return on DONE
+        line = self.line
+        if line is not None:
+            self.jobs_done += 1
+            line.set(W_HANDLED, self.handled_before + self.handled)
+            line.set(W_JOBS, self.jobs_done)
+            line.set_state(IDLE, time.time())
         self.results.put(DONE, DONE_REC.pack(self.job, self.quiet, 0), self.wait_for_parent)
 
     def run_events(self, job: int, entries: list[Entry]) -> None:
