@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra keyword option for every busmp EventStore (value as a Python literal)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="output directory")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
+    p.add_argument("--watch-hz", type=float, metavar="HZ",
+                   help="run a reader process beside the workloads that polls busmp.read_stats of every "
+                        "live store HZ times a second (what `python -m busmp top` does), to measure what "
+                        "being watched costs")
     args = p.parse_args(argv)
 
     if args.list:
@@ -57,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     _common.BUSMP_OPTIONS.update(dict(args.busmp_opt))
 
     meta = _runner.collect_meta(args, ROOT)
+    watcher = None
+    if args.watch_hz:
+        meta["watch_hz"] = args.watch_hz
+        watcher = subprocess.Popen([sys.executable, "-m", "benchmarks._watcher", str(args.watch_hz)],
+                                   stdin=subprocess.PIPE, cwd=ROOT)
     print(f"busmp benchmarks: {', '.join(names)}; {args.repeat} repetitions; busmp {meta['busmp']}",
           file=sys.stderr, flush=True)
     t0 = time.perf_counter()
@@ -69,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: writing the results gathered so far", file=sys.stderr)
         code = 130
+    finally:
+        if watcher is not None:
+            assert watcher.stdin is not None
+            watcher.stdin.close()  # the watcher's signal to stop
+            watcher.wait()
     meta["total_seconds"] = round(time.perf_counter() - t0, 1)
     _runner.write_results(args.out, meta, results, plot=True)
     print(f"done in {meta['total_seconds']} s; wrote {args.out / 'results.md'}", file=sys.stderr)
