@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NAME_RE", "check_name", "block_name", "stats_dtype", "StatsBlock", "live_names", "snapshot",
-    "sweep", "owner_alive", "process_start_time", "WorkerLine",
+    "sweep", "owner_alive", "process_start_time", "WorkerLine", "read_block", "W_HANDLED", "W_JOBS",
     "OPEN", "CLOSING", "CLOSED", "STARTING", "IDLE", "BUSY", "DEAD", "STORE_STATES", "WORKER_STATES",
 ]
 
@@ -113,7 +113,9 @@ def block_size(workers: int) -> int:
 
 @cache
 def stats_dtype(workers: int) -> np.dtype[Any]:
-    """The block as a numpy structured dtype (see the module docstring); parent and readers only."""
+    """The block as a numpy structured dtype (see the module docstring): the owner's view of it.
+    Readers copy the bytes and unpack them with the struct layouts below (same offsets, checked
+    by a spec), so that ``read_stats`` needs no numpy."""
     import numpy as np
 
     names: list[str] = []
@@ -127,7 +129,7 @@ def stats_dtype(workers: int) -> np.dtype[Any]:
     worker = np.dtype({"names": list(WORKER), "formats": ["<f8" if f in FLOATS else "<i8" for f in WORKER],
                        "offsets": [8 * i for i in range(len(WORKER))], "itemsize": CACHE_LINE})
     names.append("worker")
-    formats.append((worker, (workers,)) if workers else (worker, (0,)))  # type: ignore[arg-type]
+    formats.append((worker, (workers,)))  # type: ignore[arg-type]
     offsets.append(FIRST_WORKER_LINE * CACHE_LINE)
     return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": block_size(workers)})
 
