@@ -25,6 +25,7 @@ import os
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,9 +34,10 @@ from ._errors import BufferFull, StoreClosed
 from ._event import BACKGROUND, Context, Event
 from ._metrics import Metrics, Stats
 from ._outcomes import Accounting
-from ._pipeline import Item, Run, Ticket
+from ._event import Result
+from ._pipeline import Item, Run, Submission, Ticket
 from ._policy import OverrunPolicy
-from ._transport.codec import UNDECODABLE, decode_events
+from ._transport.codec import FLAG_REPORT, UNDECODABLE, decode_events
 from ._transport.packing import CHUNK_MAX, Encoded, check_one, encode_many, encode_one
 from ._transport.ring import SlotRing
 from ._transport.slots import Slots
@@ -92,6 +94,10 @@ class Bus:
         self._config_version = 0
         self._routes: tuple[tuple[int, int], Routes] | None = None
         self._last_read: tuple[tuple[int, int | None], tuple[list[Event], Context, int]] | None = None
+        # Submitted events (``submit``), by slot, from their write until their slot is given
+        # back; and those dropped or closed under the lock, completed once it is released.
+        self._submitted: dict[int, Submission] = {}
+        self._ended: list[tuple[Submission, BaseException]] = []
 
     # -- configuration ------------------------------------------------------------
     def add_batch(self, projection: Hashable, route: BatchRoute) -> None:
@@ -123,16 +129,66 @@ class Bus:
     def subscribe(self, event: Event, ctx: Context | None, timeout: float | None, attempts: int = 0) -> None:
         """Check and encode ``event``, then (under the lock) make room and write it."""
         self.check_open()
-        if self.keeps_objects and attempts == 0:
-            check_one(event, ctx)  # the pickle is the check; the slot keeps the object
-            encoded = _KEPT_ONE
-        else:
-            encoded = encode_one(event, ctx, attempts)
-        with self.lock:
-            self.check_open()
-            self._enqueue(encoded, ctx, timeout, _keep(event, ctx, attempts))
+        encoded = self._encode(event, ctx, attempts)
+        try:
+            with self.lock:
+                self.check_open()
+                self._enqueue(encoded, ctx, timeout, _keep(event, ctx, attempts))
+        finally:
+            if self._ended:
+                self._complete_ended()
         if self.changed is not None:
             self.changed()
+
+    def _encode(self, event: Event, ctx: Context | None, attempts: int) -> Encoded:
+        if self.keeps_objects and attempts == 0:
+            check_one(event, ctx)  # the pickle is the check; the slot keeps the object
+            return _KEPT_ONE
+        return encode_one(event, ctx, attempts)
+
+    def submit(self, event: Event, ctx: Context | None, timeout: float | None) -> Future[list[Result]]:
+        """Subscribe ``event`` with a :class:`Submission` attached to its slot, then publish.
+
+        In worker mode the slot's ``FLAG_REPORT`` makes the worker send every outcome of this
+        event, as it does for all events when hooks are registered; events not submitted
+        send what they sent before. Routes that cannot reach the workers are refused before
+        the event is taken, so a refused ``submit`` leaves the store unchanged.
+        """
+        self.check_open()
+        self.executor.check_routes(*self.routes_and_key())
+        payload, flags, route, buffers, count = self._encode(event, ctx, 0)
+        encoded: Encoded = (payload, flags if self.keeps_objects else flags | FLAG_REPORT, route, buffers, count)
+        submission = Submission()
+        try:
+            with self.lock:
+                self.check_open()
+                slot = self._enqueue(encoded, ctx, timeout, _keep(event, ctx, 0))
+                self._submitted[slot] = submission
+        finally:
+            if self._ended:
+                self._complete_ended()
+        if self.changed is not None:
+            self.changed()
+        try:
+            self.publish()
+        except StoreClosed:
+            pass  # drain() began meanwhile: it completes the future with the event's dead letter
+        return submission.future
+
+    def _end_submission(self, slot: int, error: BaseException) -> None:
+        """The event in ``slot`` will not be handled (dropped, closed): its future fails with
+        ``error`` once the lock is released. Under the lock."""
+        submission = self._submitted.pop(slot, None)
+        if submission is not None:
+            self._ended.append((submission, error))
+
+    def _complete_ended(self) -> None:
+        """Complete the futures of events that were dropped or closed; outside the lock, since
+        a future's callbacks run in the thread that completes it."""
+        with self.lock:
+            ended, self._ended = self._ended, []
+        for submission, error in ended:
+            submission.complete(error)
 
     def subscribe_many(self, events: Iterable[Event], ctx: Context | None, timeout: float | None) -> int:
         self.check_open()
@@ -152,6 +208,8 @@ class Bus:
                         accepted += piece[4]
             return accepted
         finally:
+            if self._ended:
+                self._complete_ended()
             if self.changed is not None:
                 self.changed()
 
@@ -169,14 +227,16 @@ class Bus:
             return encode_many(members, ctx, slots.capacity, slots.slot_count)
         return [(chunk, members)]
 
-    def _enqueue(self, encoded: Encoded, ctx: Context | None, timeout: float | None, held: Kept) -> None:
-        """Make room (per policy), write one slot, append it to the pending list. Under the lock."""
+    def _enqueue(self, encoded: Encoded, ctx: Context | None, timeout: float | None, held: Kept) -> int:
+        """Make room (per policy), write one slot, append it to the pending list; the slot.
+        Under the lock."""
         if not self.keeps_objects:
             self.slots.check_spill_room([(encoded[0], encoded[3])])
         self._reserve(encoded[4], ctx, timeout)
         slot = self._write(encoded, held)
         self.slots.pending.append(slot)
         self.published += encoded[4]
+        return slot
 
     def _write(self, encoded: Encoded, held: Kept | None) -> int:
         """Take a slot and fill it: the one place a slot is written. Its sequence number is
@@ -210,9 +270,15 @@ class Bus:
                              "raise buffer_size or commit smaller groups")
         deadline = deadline_of(timeout, ctx)
         while slots.free_events < count:
-            if self.policy is OverrunPolicy.DROP_OLDEST and slots.drop_oldest_pending():
+            if self.policy is OverrunPolicy.DROP_OLDEST and slots.pending:
+                oldest = slots.pending[0]
+                slots.drop_oldest_pending()
                 if slots.counts["dropped"] == 1 or time.monotonic() - self._drops_logged_at >= DROP_LOG_SECONDS:
                     self.log_drops()
+                if self._submitted and slots.live[oldest] == 0:
+                    self._end_submission(oldest, BufferFull(
+                        "the submitted event was dropped by DROP_OLDEST before it was published: the "
+                        "ring was full; publish() sooner, raise buffer_size, or choose BLOCK"))
                 continue
             if self.policy is OverrunPolicy.RETURN_ERROR:
                 raise BufferFull(
@@ -258,21 +324,25 @@ class Bus:
         if not encoded:
             return
         ticket = Ticket()
-        with self.lock:
-            self.check_open()
-            if not self.keeps_objects:
-                self.slots.check_spill_room([(item[0], item[3]) for item in encoded])
-            self._reserve(len(encoded), ctx, timeout)
-            slots: list[int] = []
-            try:
-                for item, event in zip(encoded, events):
-                    slots.append(self._write(item, _keep(event, ctx, 0)))
-            except BaseException:
-                for slot in slots:  # all or nothing
-                    self.slots.untake(slot)
-                raise
-            self.published += len(slots)
-            self._hand_off(len(slots))
+        try:
+            with self.lock:
+                self.check_open()
+                if not self.keeps_objects:
+                    self.slots.check_spill_room([(item[0], item[3]) for item in encoded])
+                self._reserve(len(encoded), ctx, timeout)
+                slots: list[int] = []
+                try:
+                    for item, event in zip(encoded, events):
+                        slots.append(self._write(item, _keep(event, ctx, 0)))
+                except BaseException:
+                    for slot in slots:  # all or nothing
+                        self.slots.untake(slot)
+                    raise
+                self.published += len(slots)
+                self._hand_off(len(slots))
+        finally:
+            if self._ended:
+                self._complete_ended()
         if on_enqueued is not None:
             on_enqueued()
         self.executor.submit(slots, ticket)
@@ -339,26 +409,29 @@ class Bus:
 
     # -- the executor's host side (see _workers.executor.Host) ----------------------
     def claim_runs(self, slots: Sequence[int], ticket: Ticket | None) -> tuple[int, list[Run]]:
-        """Sync mode: take the events of claimed slots and give the slots back at once."""
+        """Sync mode: take the events of claimed slots and give the slots back at once.
+        A submitted event is a run of its own, carrying its submission."""
         table = self.slots
         with self.lock:
             runs: list[Run] = []
             singles: list[Event] = []  # consecutive lone events, run together
+            submitted = self._submitted
             for slot in slots:
                 kept = table.objects[slot]
-                if type(kept) is not tuple:
+                submission = submitted.pop(slot, None) if submitted else None
+                if type(kept) is not tuple and submission is None:
                     singles.append(kept)
                     continue
                 if singles:
-                    runs.append((singles, BACKGROUND, 0, ticket))
+                    runs.append((singles, BACKGROUND, 0, ticket, None))
                     singles = []
-                held, ctx, attempts = kept
+                held, ctx, attempts = _unkeep(kept)
                 first = table.first[slot]
                 if first or table.live[slot] != len(held):  # the front of a chunk was dropped
                     held = held[first: first + table.live[slot]]
-                runs.append((held, ctx if ctx is not None else BACKGROUND, attempts, ticket))
+                runs.append((held, ctx if ctx is not None else BACKGROUND, attempts, ticket, submission))
             if singles:
-                runs.append((singles, BACKGROUND, 0, ticket))
+                runs.append((singles, BACKGROUND, 0, ticket, None))
             events = table.release(list(slots))
             table.sync_header()
             self._room.notify_all()
@@ -386,13 +459,21 @@ class Bus:
     def item_at(self, slot: int, seq: int, index: int, ticket: Ticket | None) -> Item:
         """Worker mode: event ``index`` of a slot a worker reported on, decoded again here for hooks and DLQ."""
         events, ctx, attempts = self._read_slot(slot, seq)
-        return Item(events[index], ctx, attempts, ticket)
+        return Item(events[index], ctx, attempts, ticket, -1, self._submitted.get(slot) if self._submitted else None)
 
     def release(self, slots: list[int]) -> None:
-        """Worker mode: these slots' events are fully handled; reuse the slots."""
+        """Worker mode: these slots' events are fully handled; reuse the slots. A submitted
+        event's future completes here: every job that named its slot has reported, so every
+        outcome is recorded. It completes before the event leaves flight, so that a caller
+        whose ``flush()`` returned finds its futures done."""
+        done: list[Submission] = []
         with self.lock:
             events = self.slots.release(slots)
+            if self._submitted:
+                done = [s for s in map(self._submitted.pop, slots, [None] * len(slots)) if s is not None]
             self._room.notify_all()
+        for submission in done:
+            submission.complete()
         self.finished(events)
 
     def place_followups(self, encoded: list[Encoded]) -> list[int]:
@@ -469,12 +550,24 @@ class Bus:
             for slot in table.take_pending():
                 events = _unkeep(table.objects[slot])[0] if self.keeps_objects else self._read_slot(slot)[0]
                 for event in events[table.first[slot]: table.first[slot] + table.live[slot]]:
-                    self.dead_on_close(event, "never published")
+                    error = self.dead_on_close(event, "never published")
+                    self._end_submission(slot, error)
             self.closed = True
             self._room.notify_all()
+        self._complete_ended()
 
-    def dead_on_close(self, event: Event, why: str) -> None:
-        self.accounting.dead_letter(event, StoreClosed(f"store drained; the event was {why}"), 1, NOT_DISPATCHED)
+    def dead_on_close(self, event: Event, why: str) -> StoreClosed:
+        error = StoreClosed(f"store drained; the event was {why}")
+        self.accounting.dead_letter(event, error, 1, NOT_DISPATCHED)
+        return error
+
+    def end_submissions(self, error: BaseException) -> None:
+        """Fail every future still waiting (the store is abandoned, or closed with work that
+        no executor reported on): a future is never left pending."""
+        with self.lock:
+            for slot in list(self._submitted):
+                self._end_submission(slot, error)
+        self._complete_ended()
 
     def check_open(self) -> None:
         if self.closing:

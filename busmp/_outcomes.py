@@ -55,7 +55,11 @@ class Accounting:
         for hook in self.before_hooks:
             self._call_hook(hook, item.ctx, item.event)
 
-    def after(self, item: Item, handler: str, result: Result | None, error: BaseException | None) -> None:
+    def after(self, item: Item, handler: str, result: Result | None, error: BaseException | None,
+              route: int = -1) -> None:
+        """An outcome seen live (sync mode): also recorded for a submitted event's future."""
+        if item.submission is not None:
+            item.submission.record(result, error, route)
         self.settle(item, handler, result, error, counted=False)
 
     def count(self, processed: int, errors: int) -> None:
@@ -131,11 +135,12 @@ class Tally:
         if not self.quiet:
             self._accounting.before(item, handler)
 
-    def after(self, item: Item, handler: str, result: Result | None, error: BaseException | None) -> None:
-        if self.quiet and error is None:
+    def after(self, item: Item, handler: str, result: Result | None, error: BaseException | None,
+              route: int = -1) -> None:
+        if self.quiet and error is None and item.submission is None:
             self.succeeded += 1
         else:
-            self._accounting.after(item, handler, result, error)
+            self._accounting.after(item, handler, result, error, route)
 
     def count_successes(self, n: int) -> None:
         self.succeeded += n

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Hashable, Iterable, Sequence
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ._dispatch import BatchRoute, Routes
 from ._event import BACKGROUND, Context, Emitter, Event, Result, current_emitter
 
-__all__ = ["Item", "Ticket", "Run", "Observer", "Counter", "NO_RESULT", "run_runs", "run_chunk", "chunks"]
+__all__ = ["Item", "Ticket", "Submission", "Run", "Observer", "Counter", "NO_RESULT", "run_runs", "run_chunk", "chunks"]
 
 
 @dataclass
@@ -28,6 +29,58 @@ class Ticket:
     done: threading.Event = field(default_factory=threading.Event)
 
 
+class Submission:
+    """The future of one submitted event (``EventStore.submit``) and its outcomes so far.
+
+    Outcomes are recorded as the accounting takes them in (:meth:`record`): per-event handlers
+    in arrival order, which is registration order because one event's chain always runs in
+    order (in sync mode and in a worker alike, also when its handlers await); batch handlers
+    by their route index, since batch calls of one event may finish in any order. Whoever
+    sees the event leave flight calls :meth:`complete`: the inline executor after the run,
+    the bus when a worker's jobs have all given the event's slot back, the bus when
+    ``DROP_OLDEST`` or ``drain()`` discards the event. By then every outcome has been
+    recorded, so the future never waits for anything and is completed exactly once.
+    """
+
+    __slots__ = ("future", "results", "batch", "cut")
+
+    def __init__(self) -> None:
+        self.future: Future[list[Result]] = Future()
+        self.future.set_running_or_notify_cancel()  # running from the start: cancel() is False
+        self.results: list[tuple[Any, BaseException | None]] = []
+        self.batch: dict[int, tuple[Any, BaseException | None]] = {}
+        self.cut: BaseException | None = None  # a crash, a drain: the event was cut off
+
+    def record(self, result: Any, error: BaseException | None, route: int = -1) -> None:
+        """One outcome: of the next per-event handler (``route`` < 0) or of batch route ``route``."""
+        if route < 0:
+            self.results.append((result, error))
+        else:
+            self.batch[route] = (result, error)
+
+    def cut_off(self, error: BaseException) -> None:
+        """The event will not finish: a worker died with it, or the store closed first."""
+        if self.cut is None:
+            self.cut = error
+
+    def complete(self, error: BaseException | None = None) -> None:
+        """Complete the future from what was recorded, or with ``error`` (a drop, a close)."""
+        future = self.future
+        if future.done():
+            return
+        error = error or self.cut
+        outcomes = self.results + [self.batch[r] for r in sorted(self.batch)]
+        if error is None:
+            error = next((e for _, e in outcomes if e is not None), None)
+        try:
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result([NO_RESULT if r is None else r for r, _ in outcomes])
+        except InvalidStateError:
+            pass  # another thread completed it first (a close racing the last outcome)
+
+
 @dataclass(slots=True)
 class Item:
     """One decoded event on its way through the pipeline."""
@@ -37,14 +90,16 @@ class Item:
     attempts: int = 0          # failures before this delivery (carried through DLQ replays)
     ticket: Ticket | None = None
     token: int = -1            # where the event came from (a sequence number), for reports
+    submission: Submission | None = None  # a caller waits for this event's results
 
 
 #: What a handler that returned None "returned"; Result is immutable, so one instance serves all.
 NO_RESULT = Result()
 
 
-#: Events that share a context, prior attempts and ticket, as a slot or a follow-up holds them.
-Run = tuple[Sequence[Event], Context, int, Ticket | None]
+#: Events that share a context, prior attempts and ticket, as a slot or a follow-up holds them;
+#: a submitted event is a run of its own, with its :class:`Submission`.
+Run = tuple[Sequence[Event], Context, int, Ticket | None, Submission | None]
 _NOTHING = object()  # no projection seen yet
 
 
@@ -52,7 +107,9 @@ class Observer(Protocol):
     watches_before: bool  # False: before() need not be called at all
 
     def before(self, item: Item, handler: str) -> None: ...
-    def after(self, item: Item, handler: str, result: Result | None, error: BaseException | None) -> None: ...
+    def after(self, item: Item, handler: str, result: Result | None, error: BaseException | None,
+              route: int = -1) -> None:
+        """One outcome; ``route`` is the batch route's index for a batch handler, else -1."""
 
 
 class Counter(Observer, Protocol):
@@ -82,9 +139,10 @@ def run_runs(runs: Sequence[Run], routes: Routes, observer: Counter, emit: Emitt
     lonely: set[Hashable] = set()  # projections with no handler at all
     reset = current_emitter.set(emit)
     try:
-        for events, ctx, attempts, ticket in runs:
+        for events, ctx, attempts, ticket, submission in runs:
             projection: object = _NOTHING
             chain: tuple[tuple[Any, str], ...] = ()
+            counting = quiet and submission is None
             for event in events:
                 if event.projection is not projection:
                     projection = event.projection
@@ -97,21 +155,21 @@ def run_runs(runs: Sequence[Run], routes: Routes, observer: Counter, emit: Emitt
                 for fn, name in chain:
                     item = None
                     if before is not None:
-                        item = Item(event, ctx, attempts, ticket)
+                        item = Item(event, ctx, attempts, ticket, -1, submission)
                         before(item, name)
                     try:
                         result = fn(ctx, event)
                     except Exception as exc:
-                        after(item or Item(event, ctx, attempts, ticket), name, None, exc)
+                        after(item or Item(event, ctx, attempts, ticket, -1, submission), name, None, exc)
                     else:
-                        if quiet:
+                        if counting:
                             succeeded += 1
                         else:
-                            after(item or Item(event, ctx, attempts, ticket), name,
+                            after(item or Item(event, ctx, attempts, ticket, -1, submission), name,
                                   NO_RESULT if result is None else result, None)
         if routes.batches:
-            for route, chunk in batch_chunks(runs, routes.batches):
-                run_chunk(route, chunk, observer)
+            for index, route, chunk in batch_chunks(runs, routes.batches):
+                run_chunk(route, chunk, observer, index=index)
     finally:
         current_emitter.reset(reset)
         observer.count_successes(succeeded)
@@ -120,17 +178,18 @@ def run_runs(runs: Sequence[Run], routes: Routes, observer: Counter, emit: Emitt
 
 
 def batch_chunks(runs: Iterable[Run], batches: dict[Hashable, tuple[BatchRoute, ...]]
-                 ) -> Iterable[tuple[BatchRoute, Sequence[Item]]]:
-    """Group the events of batch projections (first-seen order); cut each group per route."""
+                 ) -> Iterable[tuple[int, BatchRoute, Sequence[Item]]]:
+    """Group the events of batch projections (first-seen order); cut each group per route
+    (with the route's index among its projection's batch routes)."""
     groups: dict[Hashable, list[Item]] = {}
-    for events, ctx, attempts, ticket in runs:
+    for events, ctx, attempts, ticket, submission in runs:
         for event in events:
             if event.projection in batches:
-                groups.setdefault(event.projection, []).append(Item(event, ctx, attempts, ticket))
+                groups.setdefault(event.projection, []).append(Item(event, ctx, attempts, ticket, -1, submission))
     for projection, group in groups.items():
-        for route in batches[projection]:
+        for index, route in enumerate(batches[projection]):
             for chunk in chunks(group, route.size):
-                yield route, chunk
+                yield index, route, chunk
 
 
 def chunks(seq: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -139,8 +198,8 @@ def chunks(seq: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 
 
 def run_chunk(route: BatchRoute, chunk: Sequence[Item], observer: Observer,
-              catch: type[BaseException] = Exception) -> None:
-    """One batch call; hooks and outcomes per event of the chunk."""
+              catch: type[BaseException] = Exception, index: int = -1) -> None:
+    """One batch call (of batch route ``index``); hooks and outcomes per event of the chunk."""
     for item in chunk:
         observer.before(item, route.name)
     ctx = chunk[0].ctx if chunk else BACKGROUND
@@ -159,7 +218,7 @@ def run_chunk(route: BatchRoute, chunk: Sequence[Item], observer: Observer,
         error = exc
     for i, item in enumerate(chunk):
         if error is not None:
-            observer.after(item, route.name, None, error)
+            observer.after(item, route.name, None, error, index)
         else:
             result = results[i] if i < len(results) else None
-            observer.after(item, route.name, NO_RESULT if result is None else result, None)
+            observer.after(item, route.name, NO_RESULT if result is None else result, None, index)

@@ -14,6 +14,7 @@ import os
 import time
 import weakref
 from collections.abc import Hashable, Iterable
+from concurrent.futures import Future
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
@@ -21,7 +22,8 @@ from typing import Any
 from ._bus import Bus, deadline_of
 from ._dispatch import BatchHandler, BatchRoute, Dispatcher, Middleware, check_projection, handler_name
 from ._dlq import DeadLetterQueue
-from ._event import Context, Event, current_emitter
+from ._errors import StoreClosed
+from ._event import Context, Event, Result, current_emitter
 from ._metrics import Metrics, Stats
 from ._outcomes import AfterHook, BeforeHook, ErrorHook, inside_hook
 from ._policy import OverrunPolicy
@@ -165,6 +167,25 @@ class EventStore:
         """
         return self._bus.subscribe_many(events, ctx, timeout)
 
+    def submit(self, event: Event, ctx: Context | None = None, *,
+               timeout: float | None = None) -> Future[list[Result]]:
+        """Subscribe ``event`` and ``publish()``; a future of its handlers' results.
+
+        The future is running from the start (``cancel()`` returns False) and completes when
+        every handler of the event has finished (not its follow-ups): with the list of
+        ``Result``s, per-event handlers in registration order, then batch handlers' results
+        for this event in registration order (``[]`` when nothing is registered); or with the
+        first failing handler's error in that order (the dead letters still go to the DLQ).
+        A submitted event dropped by ``DROP_OLDEST`` completes with ``BufferFull``; one cut off
+        by ``drain()`` or a worker's death completes with that dead letter's error.
+
+        Raises what ``subscribe`` raises (``BufferFull``, ``TimeoutError``, ``TypeError``,
+        ``StoreClosed``), and ``TypeError`` for handlers that cannot be pickled for the
+        workers; the event is then not taken. Other events are not slowed: only a submitted
+        event's outcomes travel back from a worker.
+        """
+        return self._bus.submit(event, ctx, timeout)
+
     # -- dispatching --------------------------------------------------------------
     def publish(self) -> int:
         """Hand every pending event to the handlers; returns how many were taken.
@@ -214,6 +235,7 @@ class EventStore:
             bus.close_pending()
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             bus.executor.shutdown(remaining)
+            bus.end_submissions(StoreClosed("the store was drained before the event was handled"))
             self._ticker.tick()  # the last counts, for a reader that looks before the block goes
             self._finalizer()
         if flush_error is not None:
@@ -327,6 +349,8 @@ def _abandon(bus: Bus, scheduler: Scheduler, ticker: StatsTicker) -> None:
     ticker.stop()
     scheduler.stop()
     bus.executor.abandon()
+    bus.end_submissions(StoreClosed("the store was garbage-collected without drain(); drain() it (or use "
+                                    "`with EventStore(...)`) so that its events finish"))
     bus.slots.close()
     bus.stats_block.close()
 

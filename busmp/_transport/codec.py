@@ -27,7 +27,7 @@ from .._errors import HandlerPanic, RemoteError
 from .._event import EVENT_SETTERS, Context, Event
 
 __all__ = [
-    "FLAG_CLOUDPICKLE", "FLAG_ENVELOPE", "FLAG_OVERFLOW", "FLAG_CHUNK", "FLAG_MIXED", "FLAG_PAGED",
+    "FLAG_CLOUDPICKLE", "FLAG_ENVELOPE", "FLAG_OVERFLOW", "FLAG_CHUNK", "FLAG_MIXED", "FLAG_PAGED", "FLAG_REPORT",
     "UNDECODABLE", "DECODE_HANDLER",
     "encode_event", "encode_chunk", "decode_event", "decode_events", "dumps", "portable_exception",
 ]
@@ -38,6 +38,8 @@ FLAG_OVERFLOW = 1 << 2     # payload lives in its own shared-memory block; the s
 FLAG_CHUNK = 1 << 3        # payload is a chunk of events by column (from subscribe_many), not one
 FLAG_MIXED = 1 << 4        # a chunk whose events do not all share one projection object
 FLAG_PAGED = 1 << 5        # payload lives in an arena page of the ring; the slot holds its number
+FLAG_REPORT = 1 << 6       # a slot flag, not the codec's: a caller waits for this event's every
+                           # outcome (``submit``), so a worker reports each one; decoding ignores it
 
 PROTOCOL = 5
 

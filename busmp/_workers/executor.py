@@ -98,23 +98,29 @@ class InlineExecutor:
         self.run(*self._host.claim_runs(slots, ticket))
 
     def run(self, count: int, runs: list[Run]) -> None:
-        """Handle ``count`` events and, breadth first, every follow-up they emit."""
+        """Handle ``count`` events and, breadth first, every follow-up they emit. Submitted
+        events' futures complete once the run is over, before the events leave flight."""
         host = self._host
         while count:
             followups: list[Run] = []
 
             def emit(event: Event, ctx: Context) -> None:
                 host.accept_followup(event, ctx)
-                followups.append(([event], ctx if ctx is not None else BACKGROUND, 0, None))
+                followups.append(([event], ctx if ctx is not None else BACKGROUND, 0, None, None))
 
+            submissions = [run[4] for run in runs if run[4] is not None]
             tally = host.accounting.tally()
             try:
                 run_runs(runs, host.routes_and_key()[0], tally, emit)
-            except BaseException:
+            except BaseException as exc:
+                for submission in submissions:  # interrupted (Ctrl-C in a handler): never pending
+                    submission.complete(exc)
                 host.finished(count + len(followups))  # interrupted: nothing stays in flight
                 raise
             finally:
                 tally.close()
+            for submission in submissions:
+                submission.complete()
             host.finished(count)
             count, runs = len(followups), followups
 

@@ -194,9 +194,16 @@ class ProcessExecutor:
 
     # -- job bookkeeping (called by the collector and on deaths) -----------------------
     def settle(self, job: Job, pos: int, name: str, result: Any, error: BaseException | None,
-               counted: bool) -> None:
-        """One outcome of event ``pos`` of ``job``: hooks, dead letter, counters."""
+               counted: bool, cut: bool = False) -> None:
+        """One outcome of event ``pos`` of ``job``: hooks, dead letter, counters, and the
+        event's future if it was submitted (``cut``: the event dies with this error)."""
         item = self.host.item_at(*job.locate(pos), job.ticket)
+        submission = item.submission
+        if submission is not None:
+            if cut and error is not None:
+                submission.cut_off(error)
+            else:
+                submission.record(result, error, job.batch[1] if job.kind == BATCH else -1)
         accounting = self.host.accounting
         accounting.before(item, name)
         accounting.settle(item, name, result, error, counted=counted)
@@ -231,7 +238,7 @@ class ProcessExecutor:
         start, skip = first
         for pos in range(start, job.events):
             for name in self._handler_names(job, pos)[skip if pos == start else 0:]:
-                self.settle(job, pos, name, None, error, counted=False)
+                self.settle(job, pos, name, None, error, counted=False, cut=True)
         self.finish(job)
 
     def _handler_names(self, job: Job, pos: int) -> list[str]:

@@ -20,7 +20,7 @@ from collections.abc import Hashable, Iterator
 from typing import Any
 
 from .._transport.channel import Channel
-from .._transport.codec import DECODE_HANDLER, decode_events, dumps, encode_event, portable_exception
+from .._transport.codec import DECODE_HANDLER, FLAG_REPORT, decode_events, dumps, encode_event, portable_exception
 from .._dispatch import BatchRoute, Routes
 from .._errors import RemoteError
 from .._event import BACKGROUND, Context, Event, Result, current_emitter
@@ -38,7 +38,9 @@ __all__ = ["worker_main", "Worker"]
 SPIN_SECONDS = 50e-6
 PARENT_CHECK_SECONDS = 0.5
 _NOTHING = object()  # no projection seen yet
-Decoded = tuple[list[Event], Context, int]  # a slot's events, their context, earlier attempts
+#: A slot's events, their context, earlier attempts, and whether a caller waits for their
+#: every outcome (``FLAG_REPORT``: a submitted event).
+Decoded = tuple[list[Event], Context, int, bool]
 
 def worker_main(jobs_name: str, results_name: str, doorbell: Any, ring_name: str, notify: Any,
                 owner_pid: int, stats_name: str | None = None, index: int = 0) -> None:
@@ -74,6 +76,7 @@ class Worker:
         self.job = 0
         self.entries: list[Entry] = []
         self.quiet = 0
+        self.reporting: set[int] = set()  # positions of the batch job whose every outcome is wanted
         jobs.set_control(PID, os.getpid())
         self.progress = jobs.control_words()
         # This position's statistics line: ours while we run. The handled count goes on from
@@ -143,6 +146,8 @@ class Worker:
     # -- jobs ---------------------------------------------------------------------
     def start_job(self, job: int, entries: list[Entry]) -> None:
         self.entries, self.quiet = entries, 0
+        if self.reporting:
+            self.reporting = set()
         jobs = self.jobs
         jobs.set_control(CUR_POS, 0)
         jobs.set_control(CUR_CALL, 0)
@@ -167,37 +172,38 @@ class Worker:
         self.start_job(job, entries)
         reset = current_emitter.set(self.emit)
         try:
-            for events, ctx, _attempts, pos in self.slices():
-                self.run_handlers(events, ctx, pos)
+            for events, ctx, _attempts, pos, report in self.slices():
+                self.run_handlers(events, ctx, pos, report)
         finally:
             current_emitter.reset(reset)
         self.finish_job()
 
-    def slices(self) -> Iterator[tuple[list[Event], Context, int, int]]:
+    def slices(self) -> Iterator[tuple[list[Event], Context, int, int, bool]]:
         """The job's events slot by slot, decoded straight from the ring: each slot's share of
-        events, their context and earlier attempts, and the job position of the first one.
-        A slot that cannot be decoded is reported (see ``decode``) and skipped."""
+        events, their context and earlier attempts, the job position of the first one, and
+        whether every outcome is wanted. A slot that cannot be decoded is reported (see
+        ``decode``) and skipped."""
         pos = 0
         for slot, seq, start, stop in self.entries:
             decoded = self.decode(slot, seq, pos, stop - start)
             if decoded is not None:
-                events, ctx, attempts = decoded
-                yield events[start:stop], ctx, attempts, pos
+                events, ctx, attempts, report = decoded
+                yield events[start:stop], ctx, attempts, pos, report
             pos += stop - start
 
-    def run_handlers(self, events: list[Event], ctx: Context, pos: int) -> None:
+    def run_handlers(self, events: list[Event], ctx: Context, pos: int, wanted: bool = False) -> None:
         """Every fan-out handler of each event, then the progress words for that event.
 
         The hot loop of a worker: no object per event besides the event itself, the chain
         looked up once per run of one projection, outcomes sent only for failures (or when
-        the parent has hooks that want every outcome).
+        the parent has hooks that want every outcome, or ``wanted``: a submitted event).
 
         Progress, so that a crash is charged for exactly the (event, handler) calls that did
         not finish: CUR_CALL after each call of an event with several handlers (the calls
         done so far), CUR_PROCESSED and then CUR_POS after each event. A reported outcome is
         progress too: the parent never charges a call it has an outcome for.
         """
-        chains, want, report = self.routes.chains, self.want_outcomes, self.report
+        chains, want, report = self.routes.chains, self.want_outcomes or wanted, self.report
         words, base = self.progress
         quiet = self.quiet
         projection: object = _NOTHING
@@ -236,12 +242,13 @@ class Worker:
         try:
             payload, flags, buffers = self.ring.read(slot, seq)
             events, ctx, attempts = decode_events(payload, flags, buffers)
+            report = bool(flags & FLAG_REPORT)
         except Exception as exc:
             for n in range(count):
                 self.report(pos + n, DECODE_HANDLER, None, exc, WHOLE_EVENT)
             self.jobs.set_control(CUR_POS, pos + count)
             return None
-        decoded = (events, ctx if ctx is not None else BACKGROUND, attempts)
+        decoded = (events, ctx if ctx is not None else BACKGROUND, attempts, report)
         self.last_decoded = ((slot, seq), decoded)
         return decoded
 
@@ -254,14 +261,16 @@ class Worker:
         if chunk:
             reset = current_emitter.set(self.emit)
             try:
-                run_chunk(route, chunk, self, catch=BaseException)
+                run_chunk(route, chunk, self, catch=BaseException, index=route_index)
             finally:
                 current_emitter.reset(reset)
         self.finish_job()
 
     def items(self) -> Iterator[Item]:
         """The job's events as pipeline items, numbered by position (for batch calls)."""
-        for events, ctx, attempts, pos in self.slices():
+        for events, ctx, attempts, pos, report in self.slices():
+            if report:
+                self.reporting.update(range(pos, pos + len(events)))
             for offset, event in enumerate(events):
                 yield Item(event, ctx, attempts, None, pos + offset)
 
@@ -269,8 +278,9 @@ class Worker:
     def before(self, item: Item, handler: str) -> None:
         return None
 
-    def after(self, item: Item, handler: str, result: Result | None, error: BaseException | None) -> None:
-        if error is not None or self.want_outcomes:
+    def after(self, item: Item, handler: str, result: Result | None, error: BaseException | None,
+              route: int = -1) -> None:
+        if error is not None or self.want_outcomes or item.token in self.reporting:
             self.report(item.token, handler, result, error, 0)
         else:
             self.quiet += 1
