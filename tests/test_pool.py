@@ -7,24 +7,22 @@ import os
 import sys
 import threading
 import time
+from multiprocessing import resource_tracker
 
 import psutil
 import pytest
 
 from busmp import Dispatcher, Event, EventStore, Result
+from support import gone, shm_blocks, wait_until
 
 
 def pid_handler(ctx, ev):
     return Result(value=os.getpid())
 
 
-def my_blocks() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith(f"busmp_{os.getpid()}_")}
-
-
 @pytest.mark.timeout(60)
 def test_store_dropped_without_drain_stops_workers_and_unlinks_memory():
-    before = my_blocks()
+    before = shm_blocks()
     d = Dispatcher()
     d.register("p", pid_handler)
     store = EventStore(d, 64, workers=1, start_method="fork")
@@ -34,15 +32,38 @@ def test_store_dropped_without_drain_stops_workers_and_unlinks_memory():
     store.publish()
     store.flush(timeout=10)
     assert pids and pids[0] != os.getpid()
-    assert my_blocks() - before  # ring and channels exist
+    assert shm_blocks() - before  # ring and channels exist
     del store
     gc.collect()
-    assert my_blocks() - before == set()
-    deadline = time.monotonic() + 5
-    while psutil.pid_exists(pids[0]) and psutil.Process(pids[0]).status() != psutil.STATUS_ZOMBIE:
-        assert time.monotonic() < deadline, "the worker outlived its store"
-        time.sleep(0.02)
+    assert shm_blocks() - before == set()
+    assert wait_until(lambda: gone(pids[0]), 5), "the worker outlived its store"
     assert not [t for t in threading.enumerate() if t.name.startswith("busmp-collector")]
+
+
+def scheduler_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("busmp-scheduler-")]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_store_dropped_with_a_live_timer_is_finalized(workers):
+    """The scheduler thread must not keep its store alive: a timer far in the future would
+    otherwise pin the store's memory and workers until the process ends."""
+    resource_tracker.ensure_running()  # a child of its own, not a worker
+    before, threads_before = shm_blocks(), scheduler_threads()
+    children_before = {p.pid for p in psutil.Process().children()}
+    store = EventStore(Dispatcher(), 64, workers=workers, start_method="fork" if workers else None)
+    timer = store.schedule_after(60, Event("p"))
+    assert timer is not None and len(scheduler_threads()) == len(threads_before) + 1
+    workers_started = {p.pid for p in psutil.Process().children()} - children_before
+    assert len(workers_started) == workers
+    assert shm_blocks() - before
+    del store
+    gc.collect()
+    assert shm_blocks() - before == set()
+    assert scheduler_threads() == threads_before
+    assert timer.cancel() is False  # it will never fire
+    assert wait_until(lambda: all(gone(pid) for pid in workers_started), 5), "workers outlived their store"
 
 
 @pytest.mark.timeout(60)

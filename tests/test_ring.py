@@ -14,6 +14,7 @@ from busmp import Dispatcher, Event, EventStore
 from busmp._transport.codec import FLAG_CLOUDPICKLE, decode_event, encode_event
 from busmp._transport.slots import Slots
 from busmp._transport.ring import PAGE_SIZE, header_dtype, SLOT_HEADER_SIZE, CorruptSlot, SlotRing
+from support import shm_blocks
 
 
 def new_slots(*args, **kwargs):
@@ -70,7 +71,7 @@ def test_damaged_length_is_reported_not_read_past_the_slot(ring):
 
 
 def spill_blocks(ring) -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith(f"{ring.name}_x")}
+    return shm_blocks(f"{ring.name}_x")
 
 
 def test_event_larger_than_a_slot_spills_into_a_block_that_is_reused_then_unlinked():
@@ -205,7 +206,7 @@ def test_store_segment_unlinked_when_garbage_collected_without_drain():
     del store
     gc.collect()
     assert not os.path.exists(path)
-    assert not [n for n in os.listdir("/dev/shm") if n.startswith(os.path.basename(path))]
+    assert shm_blocks(os.path.basename(path)) == set()
 
 
 def test_store_counters_reach_the_shared_header_at_publish():

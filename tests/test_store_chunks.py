@@ -11,6 +11,7 @@ import pytest
 from busmp import (
     BLOCK, DROP_OLDEST, RETURN_ERROR, BufferFull, DeadLetterQueue, Dispatcher, Event, EventStore,
 )
+from support import shm_blocks
 
 
 def recording_dispatcher(*projections):
@@ -49,8 +50,6 @@ def test_chunks_bigger_than_a_slot_live_in_arena_pages():
 
 
 def test_with_every_page_taken_chunks_are_cut_to_slot_size_not_spilled():
-    import os
-
     d, _ = recording_dispatcher("p")
     seen = []
     with EventStore(d, 1 << 10, workers=1, start_method="fork", slot_size=128) as store:
@@ -59,7 +58,7 @@ def test_with_every_page_taken_chunks_are_cut_to_slot_size_not_spilled():
         events = [Event("p", f"{i:08}" * 3) for i in range(1 << 10)]
         assert store.subscribe_many(events) == len(events)
         assert ring.free_pages == []  # the arena filled up, and the rest still went in
-        assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"{ring.name}_x")]
+        assert shm_blocks(f"{ring.name}_x") == set()
         store.publish()
         store.flush(timeout=30)
     assert sorted(seen) == sorted(e.data for e in events)

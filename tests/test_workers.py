@@ -19,12 +19,11 @@ from busmp import (
     Context, DeadLetterQueue, Dispatcher, Event, EventStore, Result, with_retry,
 )
 
-from support import make_store, running
+from support import make_store, running, shm_blocks, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
 FLUSH = 20.0  # seconds: a hang fails the test instead of blocking the run
-SHM = "/dev/shm"
 
 
 def record_after(store):
@@ -33,15 +32,6 @@ def record_after(store):
     store.on_after(lambda ctx, ev, res, err: seen.append(
         (ev.id, res.value, err, os.getpid(), threading.get_ident())))
     return seen
-
-
-def shm_blocks():
-    """busmp's blocks owned by this process (names carry the owner's pid; others may run busmp too)."""
-    mine = f"busmp_{os.getpid()}_"
-    try:
-        return {n for n in os.listdir(SHM) if n.startswith(mine)}
-    except FileNotFoundError:  # pragma: no cover - not Linux
-        return set()
 
 
 # -- handlers shipped to workers ------------------------------------------------------------
@@ -400,10 +390,7 @@ def test_drain_releases_shared_memory_and_worker_processes(start_method):
     store.drain(timeout=FLUSH)
     assert "closed" in repr(store)
     assert shm_blocks() - before == set()
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in pids):
-        time.sleep(0.02)
-    assert not any(psutil.pid_exists(p) for p in pids), pids
+    assert wait_until(lambda: not any(psutil.pid_exists(p) for p in pids), 2), pids
     store.drain()  # idempotent
     # the counters stay readable after drain
     assert store.metrics() == (8, 8, 0)

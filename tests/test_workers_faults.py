@@ -23,42 +23,17 @@ from busmp import (
     Dispatcher, Event, HandlerPanic, RemoteError, Result, StoreClosed, WorkerCrashed,
 )
 
-from support import make_store, running
+from support import gone, make_store, running, shm_blocks, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
 FLUSH = 10.0
-SHM = "/dev/shm"
 
 
 def record_after(store):
     seen = []
     store.on_after(lambda ctx, ev, res, err: seen.append((ev.id, res.value, err)))
     return seen
-
-
-def gone(pid):
-    """The process no longer runs (a zombie counts as gone)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_until(predicate, seconds):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
-def shm_blocks(prefix="busmp_"):
-    try:
-        return {n for n in os.listdir(SHM) if n.startswith(prefix)}
-    except FileNotFoundError:  # pragma: no cover - not Linux
-        return set()
 
 
 # -- exceptions and handlers shipped to workers -------------------------------------------

@@ -69,7 +69,8 @@ def _size_class(n: int) -> int:
     """``n`` rounded up to one of eight steps per power of two (at most 12.5 % slack)."""
     if n <= MIN_BLOCK:
         return MIN_BLOCK
-    step = 1 << max((n - 1).bit_length() - 3, 0)
+    # n - 1 has b bits, so n > 2**(b-1): a step of 2**(b-4) is an eighth of that at most.
+    step = 1 << max((n - 1).bit_length() - 4, 0)
     return (n + step - 1) // step * step
 
 
