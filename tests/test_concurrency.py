@@ -151,6 +151,10 @@ def test_reentrant_publish_from_a_handler_does_not_redispatch_in_flight_events()
         assert sorted(counter) == sorted(str(i) for i in range(10))
         assert set(counter.values()) == {1}
         assert store.metrics() == (10, 10, 0)
+        # the read cursor did not move backwards: a new event is handled once, old ones not again
+        store.subscribe(Event("p", id="new"))
+        assert store.publish() == 1
+        assert counter["new"] == 1 and sum(counter.values()) == 11
 
 
 def test_handler_that_subscribes_and_publishes_gets_the_new_event_handled_once():

@@ -1,5 +1,7 @@
 """One test per defect of the Go original (SEED-NOTES.md, "Defects of the Go code"):
-each shows that busmp, in sync mode, does not have it."""
+each shows that busmp, in sync mode, does not have it. The three races (concurrent publishes,
+concurrent subscribe and publish, a handler that publishes) are specified once, in
+``test_concurrency.py``."""
 
 from __future__ import annotations
 
@@ -56,81 +58,6 @@ def child_pids():
         if int(fields[1]) == me:
             pids.add(int(entry))
     return pids
-
-
-def test_concurrent_publishes_do_not_dispatch_the_same_events_twice():
-    """Defect: no compare-and-swap, two concurrent publishes dispatch the same events twice."""
-    counter, store = counting_store(size=1 << 12)
-    with store:
-        for i in range(2000):
-            store.subscribe(Event("p", id=str(i)))
-        barrier = threading.Barrier(6)
-
-        def publisher():
-            barrier.wait()
-            for _ in range(20):
-                store.publish()
-
-        threads = [threading.Thread(target=publisher) for _ in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        store.publish()
-        assert len(counter) == 2000
-        assert max(counter.values()) == 1
-
-
-def test_concurrent_subscribe_and_publish_do_not_race():
-    """Defect: "lock-free" without CAS, concurrent subscribe and publish race (lost/duplicated events)."""
-    counter, store = counting_store(size=1 << 12)
-    with store:
-        stop = threading.Event()
-
-        def publisher():
-            while not stop.is_set():
-                store.publish()
-
-        def producer(p):
-            for i in range(400):
-                store.subscribe(Event("p", id=f"{p}-{i}"))
-
-        pub = threading.Thread(target=publisher)
-        pub.start()
-        producers = [threading.Thread(target=producer, args=(p,)) for p in range(4)]
-        for t in producers:
-            t.start()
-        for t in producers:
-            t.join(30)
-        stop.set()
-        pub.join(30)
-        store.publish()
-        assert len(counter) == 1600
-        assert max(counter.values()) == 1
-
-
-def test_handler_calling_publish_does_not_redispatch_in_flight_events():
-    """Defect: a handler that calls publish re-dispatches events still in flight and moves the
-    read cursor backwards."""
-    counter = Counter()
-    d = Dispatcher()
-    with EventStore(d, 16) as store:
-
-        def handler(ctx, ev):
-            counter[ev.id] += 1
-            store.publish()
-
-        d.register("p", handler)
-        for i in range(8):
-            store.subscribe(Event("p", id=str(i)))
-        store.publish()
-        store.publish()
-        assert counter == Counter({str(i): 1 for i in range(8)})
-        # the read cursor did not move backwards: new events are handled once, old ones not again
-        store.subscribe(Event("p", id="new"))
-        assert store.publish() == 1
-        assert counter["new"] == 1
-        assert sum(counter.values()) == 9
 
 
 def test_commit_does_not_handle_other_producers_pending_events():
