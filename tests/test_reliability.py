@@ -22,25 +22,9 @@ import pytest
 
 from busmp import Dispatcher, Event, WorkerCrashed
 
-from support import make_store, running
+from support import gone, make_store, running, wait_until
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def gone(pid):
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_until(predicate, seconds):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def nothing(ctx, ev):

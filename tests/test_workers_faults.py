@@ -463,10 +463,6 @@ UNGUARDED = textwrap.dedent("""
 """)
 
 
-def leftover_blocks(pid: int) -> list[str]:
-    return [name for name in os.listdir("/dev/shm") if name.startswith(f"busmp_{pid}_")]
-
-
 @pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
 def test_a_script_whose_workers_cannot_start_fails_at_store_creation_naming_the_fix(start_method, tmp_path):
     script = tmp_path / "unguarded.py"
@@ -481,7 +477,7 @@ def test_a_script_whose_workers_cannot_start_fails_at_store_creation_naming_the_
     assert last.startswith("busmp._errors.BusError: a busmp worker process")
     assert "if __name__ == '__main__':" in last and str(script) in last
     owner = int(done.stdout.split()[1])
-    assert leftover_blocks(owner) == []  # the failed creation released what it had made
+    assert shm_blocks(f"busmp_{owner}_") == set()  # the failed creation released what it had made
 
 
 def test_a_program_read_from_stdin_fails_at_store_creation_naming_the_fix():
