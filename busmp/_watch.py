@@ -7,8 +7,11 @@ a one-second window of those ticks. With workers the ticker is a thread (the sto
 collector thread already). A sync-mode store starts no thread at all: its bus ticks, when a tick
 is due, at the end of ``subscribe``, ``subscribe_many`` and ``publish`` (a clock read), which are
 the only moments its counts change; a sync store that has not ticked for a second did nothing
-in that second, so a reader takes its rates as zero. Nothing else on a per-event path writes
-shared statistics.
+in that second, so a reader takes its rates as zero. The price of having no thread: calls that
+come less than a tick after the last tick are not written until the next call, so a sync store
+that stops right after a burst of ``subscribe`` shows the burst's last events (up to a tick's
+worth) only at its next call; ``EventStore.stats()`` in the owner is always exact. Nothing else
+on a per-event path writes shared statistics.
 
 :func:`read_stats` is the reader's side; it imports neither numpy nor the store machinery.
 """

@@ -356,3 +356,35 @@ def test_top_ends_when_the_store_is_drained():
         term.kill()
     assert code == 0
     assert f"store '{name}' is gone" in term.output.decode(errors="replace")
+
+
+def test_demo_draws_a_progress_bar_in_a_terminal():
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    process = subprocess.Popen([sys.executable, "-m", "busmp", "demo", "--events", "6", "--workers", "2"],
+                               stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+    os.close(slave)
+    output = b""
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                output += data
+            elif process.poll() is not None:
+                break
+        code = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
+    text = output.decode(errors="replace")
+    assert code == 0, text
+    assert re.search(r"\r  sync \(workers=0\)\s+\[#*\.*\]\s+\d+/6 events", text), text
+    assert "speed-up" in text

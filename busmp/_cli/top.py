@@ -31,6 +31,7 @@ __all__ = ["run_top", "render_store", "render_all"]
 ENTER, LEAVE = "\x1b[?1049h\x1b[?25l", "\x1b[?25h\x1b[?1049l"  # alternate screen, cursor hidden/shown
 HOME, CLEAR_LINE, CLEAR_REST = "\x1b[H", "\x1b[K", "\x1b[J"
 QUIT_KEYS = {"q", "Q", "\x03", "\x04"}  # q, Ctrl-C, Ctrl-D
+STALE_SECONDS = 2.0  # figures older than this are marked as such
 
 
 def bar(fraction: float, width: int) -> str:
@@ -43,6 +44,9 @@ def render_store(stats: Stats, previous: Stats | None, width: int) -> list[str]:
     """The lines of the one-store view."""
     clock = time.strftime("%H:%M:%S")
     head = f"busmp top: {stats.name}  (pid {stats.pid}, {stats.workers} workers, {stats.state})"
+    age = time.time() - stats.updated
+    if age >= STALE_SECONDS:  # a sync store writes only when it is called (see busmp._watch)
+        head += f"  last written {age:.0f} s ago"
     lines = [head + clock.rjust(max(1, width - len(head))),
              "",
              f"  events     published {count(stats.published):>12}   processed {count(stats.processed):>12}"

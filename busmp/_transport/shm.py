@@ -1,8 +1,9 @@
 """Creating, attaching and releasing POSIX shared-memory blocks, with names busmp can find.
 
 Every block busmp creates is named ``busmp_<owner pid>_<token>_<suffix>``, so a test can tell
-busmp's blocks from anyone else's, and a new store can sweep up the blocks of a process that
-is gone.
+busmp's blocks from anyone else's; the one exception is a store's statistics block,
+``busmp_stats_<uid>_<store name>``, which other processes look up by the store's name (its
+line 0 holds the owner's pid: see ``stats``, which also sweeps those of owners that are gone).
 The creating process registers each block with multiprocessing's resource tracker, which
 unlinks whatever is left if every process of the bus is killed.
 """
