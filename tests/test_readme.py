@@ -106,3 +106,19 @@ def test_the_quick_start_states_its_metrics():
     quick = (EXAMPLES_DIR / "quick_start.py").read_text(encoding="utf-8")
     assert any(c.startswith("Metrics(") for c in claims(quick))
     assert BLOCKS and BLOCKS[0] == quick, "the README's first ```python block is examples/quick_start.py"
+
+
+def test_the_two_commands_name_what_exists_and_what_ci_runs():
+    """The README's first commands: the demo script exists, and the test command is CI's."""
+    text = README.read_text(encoding="utf-8")
+    two = text[text.index("## Two commands"):text.index("\n## ", text.index("## Two commands") + 1)]
+    commands = re.findall(r"```bash\n(.*?)```", two, re.S)
+    assert len(commands) == 2, "the Two commands section holds the demo command and the test command"
+    demo, tests = commands
+    script = re.search(r"\.venv/bin/python (\S+\.py)", demo)
+    assert script and (ROOT / script.group(1)).is_file(), f"the demo command runs a missing script: {demo}"
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    for step in ("pip install -q -e '.[test]'", "python -m pytest -q"):
+        assert step in tests, f"the README's test command lost {step!r}"
+    for step in ("pip install --quiet -e '.[test]'", "python -m pytest -q"):
+        assert step in ci, f".ci/run no longer runs {step!r}, the README's test command"
