@@ -152,6 +152,28 @@ def test_the_contract_members_exist():
     assert not missing, f"not members of busmp's classes: {missing}"
 
 
+def listed_members(ref: str, heading: str) -> list[str]:
+    """The member each table row of a class's subsection documents (its first code span)."""
+    names = []
+    for span in re.findall(r"^\| `([^`]+)`", subsection(ref, heading), re.M):
+        match = re.match(r"^(?:[A-Za-z_]\w*\.)?([A-Za-z_]\w*)", span)
+        if match and not span.startswith("with "):
+            names.append(match.group(1))
+    return names
+
+
+def test_every_member_the_reference_lists_exists():
+    """The other way round: a row for a member the code no longer has is a stale row."""
+    ref = reference()
+    with busmp.EventStore(busmp.Dispatcher(), 2) as store:  # instance attributes count (store.dlq)
+        instances: dict[str, object] = {"EventStore": store}
+    stale = [f"{cls_name}.{name}" for cls_name, heading in HEADINGS.items()
+             for name in listed_members(ref, heading)
+             if name not in busmp.__all__ and not hasattr(getattr(busmp, cls_name), name)
+             and not hasattr(instances.get(cls_name), name)]
+    assert not stale, f"the README's API reference documents members busmp does not have: {stale}; remove their rows"
+
+
 def test_the_api_reference_names_every_public_name_with_its_true_signature():
     problems = check_reference()
     assert not problems, "fix the README's API reference:\n" + "\n".join(problems)
