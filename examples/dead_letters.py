@@ -36,7 +36,7 @@ if __name__ == "__main__":
         store.publish()
         store.flush()
         letter = dlq.drain()[0]  # drain(): remove and return every entry
-        print(type(letter.error).__name__, letter.handler)  # WorkerCrashed busmp.worker
+        print(type(letter.error).__name__, letter.handler)  # WorkerCrashed __main__.crash
         store.subscribe(Event("charge", 50, id="c-2"))     # a replacement worker took over
         store.publish()
         store.flush()
