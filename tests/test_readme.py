@@ -109,14 +109,23 @@ def test_the_quick_start_states_its_metrics():
 
 
 def test_the_two_commands_name_what_exists_and_what_ci_runs():
-    """The README's first commands: the demo script exists, and the test command is CI's."""
+    """The README's first commands: the demo exists (a script or ``python -m busmp demo``), and
+    the test command is CI's."""
     text = README.read_text(encoding="utf-8")
     two = text[text.index("## Two commands"):text.index("\n## ", text.index("## Two commands") + 1)]
     commands = re.findall(r"```bash\n(.*?)```", two, re.S)
     assert len(commands) == 2, "the Two commands section holds the demo command and the test command"
     demo, tests = commands
     script = re.search(r"\.venv/bin/python (\S+\.py)", demo)
-    assert script and (ROOT / script.group(1)).is_file(), f"the demo command runs a missing script: {demo}"
+    module = re.search(r"\.venv/bin/python -m busmp (\w+)", demo)
+    if module:
+        import busmp._cli as cli  # the verb must exist in the CLI's parser
+
+        with pytest.raises(SystemExit) as exited:
+            cli.main([module.group(1), "--help"])
+        assert exited.value.code == 0, f"the demo command names a missing verb: {demo}"
+    else:
+        assert script and (ROOT / script.group(1)).is_file(), f"the demo command runs a missing script: {demo}"
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     for step in ("pip install -q -e '.[test]'", "python -m pytest -q"):
         assert step in tests, f"the README's test command lost {step!r}"
