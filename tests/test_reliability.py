@@ -224,10 +224,13 @@ def test_workers_killed_repeatedly_each_call_ends_once(hooks):
             store.on_before(lambda ctx, ev: None)
         killer = Killer(store, 0.05)
         killer.start()
-        try:
-            for start in range(0, n, 500):
+        try:  # at least n events, and on until the killer has struck a few times
+            start = 0
+            while start < n or (killer.kills < 5 and start < 50 * n):
                 store.subscribe_many([Event("p", i) for i in range(start, start + 500)], timeout=30)
                 store.publish()
+                start += 500
+            n = start
         finally:
             killer.stop()
         store.flush(timeout=60)
