@@ -38,7 +38,7 @@ from ._event import Result
 from ._pipeline import Item, Run, Submission, Ticket
 from ._policy import OverrunPolicy
 from ._transport.codec import FLAG_REPORT, UNDECODABLE, decode_events
-from ._transport.packing import CHUNK_MAX, Encoded, check_one, encode_many, encode_one
+from ._transport.packing import CHUNK_MAX, Encoded, check_event, check_pickles, encode_many, encode_one
 from ._transport.ring import SlotRing
 from ._transport.slots import Slots
 from ._transport.stats import CLOSED, CLOSING, OPEN, STORE_STATES, WORKER_STATES, StatsBlock
@@ -61,6 +61,7 @@ Held = tuple[list[Event], Context | None, int]
 Kept = Held | Event
 #: The encoding of one event whose sync-mode slot keeps the object: nothing is written.
 _KEPT_ONE: Encoded = (b"", 0, 0, [], 1)
+_NOTHING = object()
 
 
 class Bus:
@@ -69,7 +70,8 @@ class Bus:
     executor: Executor  # set by the store right after the bus is made
 
     def __init__(self, dispatcher: Dispatcher, buffer_size: int, policy: OverrunPolicy, *,
-                 slot_size: int, keeps_objects: bool, name: str, store_name: str, stats: StatsBlock) -> None:
+                 slot_size: int, keeps_objects: bool, name: str, store_name: str, stats: StatsBlock,
+                 check_pickle: bool = True) -> None:
         self.slots = Slots(SlotRing.create(buffer_size, slot_size, name=name))
         self.ring = self.slots.ring
         self.name = store_name
@@ -83,6 +85,8 @@ class Bus:
         self.lock = threading.RLock()
         self._room = threading.Condition(self.lock)   # slots were freed
         self._idle = threading.Condition(self.lock)   # in-flight work reached zero
+        self.check_pickle = check_pickle
+        self._checked: object = _NOTHING  # the last projection object that passed its check
         self.accounting = Accounting()
         self.published = 0
         self.in_flight = 0
@@ -142,7 +146,13 @@ class Bus:
 
     def _encode(self, event: Event, ctx: Context | None, attempts: int) -> Encoded:
         if self.keeps_objects and attempts == 0:
-            check_one(event, ctx)  # the pickle is the check; the slot keeps the object
+            # The pickle is the check that the event could travel; the slot keeps the object.
+            # A projection object that passed its check once is not checked again.
+            if type(event) is not Event or event.projection is not self._checked or ctx is not None:
+                check_event(event, ctx)
+                self._checked = event.projection
+            if self.check_pickle:
+                check_pickles(event, ctx)
             return _KEPT_ONE
         return encode_one(event, ctx, attempts)
 
@@ -288,14 +298,15 @@ class Bus:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"ring stayed full ({slots.slot_count} slots) until the timeout")
-            self._room.wait(remaining)
+            self._wait_room(remaining)
             self.check_open()
 
     # -- dispatching --------------------------------------------------------------
     def publish(self) -> int:
         """Hand every pending event to the executor; returns how many were taken."""
         self.check_open()
-        self.executor.check_routes(*self.routes_and_key())
+        if not self.keeps_objects:  # in sync mode nothing travels: no routes to check
+            self.executor.check_routes(*self.routes_and_key())
         with self.lock:
             slots = self.slots.take_pending()
             if not slots:
@@ -369,7 +380,7 @@ class Bus:
                     break
                 room, pending = self.slots.free_events, bool(self.slots.pending)
                 if room == 0 and not pending:
-                    self._room.wait(0.5)  # workers hold every slot: wait for them to give some back
+                    self._wait_room(0.5)  # workers hold every slot: wait for them to give some back
                     continue
             if room == 0:
                 self._publish_unless_closed()  # other producers' pending events fill the ring
@@ -502,6 +513,10 @@ class Bus:
             self.in_flight -= count
             if self.in_flight == 0:
                 self._idle.notify_all()
+
+    def _wait_room(self, timeout: float | None) -> None:
+        """Wait (holding the lock) until slots are freed or ``timeout`` passes."""
+        self._room.wait(timeout)
 
     # -- waiting and closing ------------------------------------------------------
     def wait_idle(self, deadline: float | None, timeout: float | None) -> None:

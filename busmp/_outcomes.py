@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._dlq import DeadLetter
 from ._event import Context, Event, Result
@@ -41,15 +41,16 @@ class Accounting:
         self.errors = 0
         self.dead_letters = 0  # made so far, a running total (whatever the DLQ did with them)
         self.unhandled = 0     # events published with no handler for their projection
+        #: Whether anyone looks at individual outcomes (else workers may send counts only),
+        #: and whether on_before hooks exist; kept as plain words, read on every publish.
+        self.wants_results = False
+        self.watches_before = False
 
-    @property
-    def watches_before(self) -> bool:
-        return bool(self.before_hooks)
-
-    @property
-    def wants_results(self) -> bool:
-        """Whether anyone looks at individual outcomes (else workers may send counts only)."""
-        return bool(self.before_hooks or self.after_hooks or self.error_hooks)
+    def add_hook(self, hooks: list[Any], hook: Any) -> None:
+        """Append ``hook`` to one of the three hook lists."""
+        hooks.append(hook)
+        self.wants_results = bool(self.before_hooks or self.after_hooks or self.error_hooks)
+        self.watches_before = bool(self.before_hooks)
 
     def before(self, item: Item, handler: str) -> None:
         for hook in self.before_hooks:

@@ -49,7 +49,7 @@ class EventStore:
     """An event bus over a shared-memory slot ring; see the package docstring for the data flow.
 
     ``EventStore(dispatcher, buffer_size=1 << 16, policy=DROP_OLDEST, *, workers=0, dlq=None,
-    slot_size=512, start_method=None, name=None)``
+    slot_size=512, start_method=None, name=None, check_pickle=True)``
 
     * ``buffer_size``: how many events the ring holds (a power of two). When it is full the
       ``policy`` decides: ``DROP_OLDEST`` (the default, as in GoEventBus) discards the oldest
@@ -63,14 +63,21 @@ class EventStore:
     * ``name``: what other processes find the store by (``busmp.read_stats(name)``,
       ``python -m busmp stats NAME``): 1-24 characters of ``A-Z a-z 0-9 . _ -``, unique among
       this user's live stores (``ValueError`` otherwise). By default ``bus-<pid>-<n>``.
+    * ``check_pickle``: sync mode only. By default ``subscribe`` pickles each event (and drops
+      the pickle) to refuse, with a ``TypeError``, an event that could not travel to a worker,
+      so that a program moves to ``workers=N`` unchanged. ``False`` skips that check for a
+      purely in-process bus: faster, and events that hold locks or open files are accepted.
     """
 
     def __init__(self, dispatcher: Dispatcher, buffer_size: int = 1 << 16,
                  policy: OverrunPolicy = OverrunPolicy.DROP_OLDEST, *, workers: int = 0,
                  dlq: DeadLetterQueue | None = None, slot_size: int = DEFAULT_SLOT_SIZE,
-                 start_method: str | None = None, name: str | None = None) -> None:
+                 start_method: str | None = None, name: str | None = None, check_pickle: bool = True) -> None:
         _validate(dispatcher, buffer_size, policy, workers, dlq)
         _validate_start_method(start_method)
+        if not check_pickle and workers:
+            raise ValueError("check_pickle=False is for sync mode (workers=0) only: with workers every "
+                             "event is pickled to travel; drop the option or use workers=0")
         name = _stats.check_name(name) if name is not None else f"bus-{os.getpid()}-{next(_store_numbers)}"
         _stats.sweep()  # blocks of this user's stores that were killed
         prefix = _shm.new_prefix()
@@ -79,7 +86,7 @@ class EventStore:
         block = _stats.StatsBlock(name, buffer_size, workers, arena_pages(buffer_size, slot_size))
         try:
             bus = Bus(dispatcher, buffer_size, policy, slot_size=slot_size, keeps_objects=workers == 0,
-                      name=f"{prefix}_ring", store_name=name, stats=block)
+                      name=f"{prefix}_ring", store_name=name, stats=block, check_pickle=check_pickle)
         except BaseException:
             block.close()
             raise
@@ -134,15 +141,18 @@ class EventStore:
 
     def on_before(self, hook: BeforeHook) -> None:
         """Call ``hook(ctx, event)`` before each (event, handler); in this process."""
-        self._bus.accounting.before_hooks.append(_callable(hook, "on_before hook"))
+        accounting = self._bus.accounting
+        accounting.add_hook(accounting.before_hooks, _callable(hook, "on_before hook"))
 
     def on_after(self, hook: AfterHook) -> None:
         """Call ``hook(ctx, event, result, error)`` after each (event, handler); in this process."""
-        self._bus.accounting.after_hooks.append(_callable(hook, "on_after hook"))
+        accounting = self._bus.accounting
+        accounting.add_hook(accounting.after_hooks, _callable(hook, "on_after hook"))
 
     def on_error(self, hook: ErrorHook) -> None:
         """Call ``hook(ctx, event, error)`` for each failed (event, handler); in this process."""
-        self._bus.accounting.error_hooks.append(_callable(hook, "on_error hook"))
+        accounting = self._bus.accounting
+        accounting.add_hook(accounting.error_hooks, _callable(hook, "on_error hook"))
 
     # -- producing ----------------------------------------------------------------
     def subscribe(self, event: Event, ctx: Context | None = None, *, timeout: float | None = None) -> None:

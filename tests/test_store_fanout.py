@@ -652,3 +652,37 @@ def test_policy_constants_are_the_enum_members():
     assert DROP_OLDEST is OverrunPolicy.DROP_OLDEST
     assert BLOCK is OverrunPolicy.BLOCK
     assert RETURN_ERROR is OverrunPolicy.RETURN_ERROR
+
+
+def test_check_pickle_false_accepts_in_process_events_that_could_not_travel():
+    import threading
+
+    seen = []
+    d = Dispatcher()
+    d.register("p", lambda ctx, ev: seen.append(ev.data))
+    lock = threading.Lock()
+    with EventStore(d, 8) as store:
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            store.subscribe(Event("p", lock))
+        assert store.metrics() == (0, 0, 0)  # the refused event left no trace
+    with EventStore(d, 8, check_pickle=False) as store:
+        store.subscribe(Event("p", lock))
+        assert store.publish() == 1
+    assert seen == [lock]  # the very object, in process
+
+
+def test_check_pickle_false_with_workers_is_refused_naming_the_fix():
+    with pytest.raises(ValueError, match="workers=0"):
+        EventStore(Dispatcher(), 8, workers=1, check_pickle=False)
+
+
+def test_a_projection_is_checked_every_time_it_is_a_new_object():
+    d = Dispatcher()
+    with EventStore(d, 8) as store:
+        store.subscribe(Event("p"))
+        for _ in range(2):
+            with pytest.raises(TypeError, match="unhashable"):
+                store.subscribe(Event(["p"]))
+            with pytest.raises(TypeError, match="compared by identity"):
+                store.subscribe(Event(object()))
+        assert store.metrics() == (1, 0, 0)

@@ -25,7 +25,7 @@ from .codec import PROTOCOL, encode_chunk, encode_event
 from .._dispatch import check_projection, survives_pickling
 from .._event import Context, Event
 
-__all__ = ["Encoded", "CHUNK_START", "CHUNK_MAX", "check_event", "check_one", "encode_one", "encode_many"]
+__all__ = ["Encoded", "CHUNK_START", "CHUNK_MAX", "check_event", "check_pickles", "encode_one", "encode_many"]
 
 #: An encoded slot: payload, codec flags, route word, out-of-band buffers, number of events.
 Encoded = tuple[bytes, int, int, list[memoryview], int]
@@ -48,10 +48,9 @@ def check_event(event: Event, ctx: Context | None) -> None:
     _check_ctx(ctx)
 
 
-def check_one(event: Event, ctx: Context | None) -> None:
-    """``encode_one``'s checks alone (the pickle is made and dropped), for sync mode, where
-    the slot keeps the object and nothing is read back."""
-    check_event(event, ctx)
+def check_pickles(event: Event, ctx: Context | None) -> None:
+    """Raise ``TypeError`` naming the event if it could not travel to a worker (the pickle is
+    made and dropped): sync mode's check, where the slot keeps the object itself."""
     try:
         pickle.dumps((event.projection, event.data, event.id, event.args, ctx), PROTOCOL)
     except Exception:

@@ -40,6 +40,8 @@ class Host(Protocol):
     stats_block: StatsBlock  # the shared statistics; a worker position's line is the executor's
                              # to write while no process fills it (see _transport.stats)
 
+    def routes(self) -> Routes:
+        """The routing snapshot for the next dispatch."""
     def routes_and_key(self) -> tuple[Routes, object]:
         """The routing snapshot, and a key that changes whenever it must be shipped anew."""
     def claim_runs(self, slots: Sequence[int], ticket: Ticket | None) -> tuple[int, list[Run]]:
@@ -111,7 +113,7 @@ class InlineExecutor:
             submissions = [run[4] for run in runs if run[4] is not None]
             tally = host.accounting.tally()
             try:
-                run_runs(runs, host.routes_and_key()[0], tally, emit)
+                run_runs(runs, host.routes(), tally, emit)
             except BaseException as exc:
                 for submission in submissions:  # interrupted (Ctrl-C in a handler): never pending
                     submission.complete(exc)
