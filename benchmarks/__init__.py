@@ -21,7 +21,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-WORKLOADS = ("subscribe", "subscribe_publish", "small_events", "cpu_bound", "numpy_payload", "latency", "startup")
+WORKLOADS = ("subscribe", "subscribe_publish", "streaming_sync", "small_events", "streaming", "cpu_bound",
+             "numpy_payload", "latency", "startup")
 
 
 def load_workload(name: str) -> ModuleType:
