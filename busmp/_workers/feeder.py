@@ -20,7 +20,7 @@ import cloudpickle
 from .._dispatch import Routes, handler_name
 from .._errors import BusError
 from .._transport.records import BATCH_HEAD, EVENTS, JOB_HEAD, ROUTES, ROUTES_HEAD, pack_entries
-from .jobs import Job
+from .jobs import MAX_JOB, Job
 from .processes import WorkerHandle, is_dead, ring_doorbell
 
 if TYPE_CHECKING:
@@ -40,18 +40,52 @@ class Feeder:
         """Give each live worker jobs until it holds ``FEED_DEPTH``, one at a time in turn,
         then ring the doorbells of the workers that got something. Under the pool's lock."""
         pool = self._pool
-        live = [h for h in pool.handles if h.process is not None]
+        live = [h for h in pool.handles if h.process is not None and len(h.outstanding) < FEED_DEPTH]
+        share = 0
+        if len(pool.unassigned) > 1 and live:  # a worker takes work: its share of what waits
+            waiting = sum(job.events for job in pool.unassigned)
+            share = min(MAX_JOB, -(-waiting // len(live)))
         while pool.unassigned and live:
             live = [h for h in live if len(h.outstanding) < FEED_DEPTH]
             for handle in live:
                 if not pool.unassigned:
                     break
                 job = pool.unassigned.popleft()
+                if share > job.events:
+                    job = self._merge(job, share)
                 job.worker = handle.index
                 self.write_job(handle, job)
                 woken.add(handle.index)
         for i in woken:
             ring_doorbell(pool.handles[i])
+
+    def _merge(self, first: Job, limit: int) -> Job:
+        """``first`` and the EVENTS jobs after it in the queue, up to ``limit`` events, as one.
+
+        Events published one at a time become one-event jobs; while the workers are busy they
+        wait here, and a worker that comes back for more takes its share of them as one job:
+        one record, one doorbell and one DONE instead of one each per event. Only per-event
+        handlers' jobs merge (a batch handler gets the events of one publish, never of two),
+        only with the routes they were planned with, and never a group's (a ticket's) jobs."""
+        pool = self._pool
+        if first.kind != EVENTS or first.ticket is not None or first.routes is None:
+            return first
+        merged, events, key = [first], first.events, first.routes[1]
+        while pool.unassigned:
+            after = pool.unassigned[0]
+            if (after.kind != EVENTS or after.ticket is not None or after.routes is None
+                    or after.routes[1] != key or events + after.events > limit):
+                break
+            merged.append(pool.unassigned.popleft())
+            events += after.events
+        if len(merged) == 1:
+            return first
+        job = Job(pool.planner.new_job_id(), first.worker, EVENTS,
+                  [entry for part in merged for entry in part.entries], routes=first.routes)
+        for part in merged:  # the merged job names every slot its parts named, as often
+            del pool.jobs[part.id]
+        pool.jobs[job.id] = job
+        return job
 
     def write_job(self, handle: WorkerHandle, job: Job) -> None:
         """Put ``job`` into the worker's job channel, after the routes it was planned with."""

@@ -97,12 +97,12 @@ class Planner:
         jobs: list[Job] = []
         handled = _matches_any(hashes, _handler_hashes(routes))
         for group in _cut_exact(entries[handled], self._job_size(int(sizes[handled].sum()), ticket)):
-            jobs.append(Job(self._new_job_id(), worker, EVENTS, group, ticket))
+            jobs.append(Job(self.new_job_id(), worker, EVENTS, group, ticket))
         for key, (projection, batch_routes) in enumerate(routes.batches.items()):
             mine = entries[hashes == hash(projection)]
             for r, route in enumerate(batch_routes):
                 for group in _cut_exact(mine, route.size):
-                    jobs.append(Job(self._new_job_id(), worker, BATCH, group, ticket, (key, r)))
+                    jobs.append(Job(self.new_job_id(), worker, BATCH, group, ticket, (key, r)))
         return jobs
 
     def _plan_small(self, slots: list[int], routes: Routes, ticket: Ticket | None, worker: int) -> list[Job]:
@@ -116,14 +116,14 @@ class Planner:
         parts = 1 if ticket is not None else min(self.workers, len(rows))  # a group stays in order
         size = -(-len(rows) // parts) if rows else 0
         groups = [rows[n * size:(n + 1) * size] for n in range(parts)]
-        return [Job(self._new_job_id(), worker, EVENTS, group, ticket) for group in groups if group]
+        return [Job(self.new_job_id(), worker, EVENTS, group, ticket) for group in groups if group]
 
     def _job_size(self, events: int, ticket: Ticket | None) -> int:
         if ticket is not None:
             return max(events, 1)  # one job: the group's order holds
         return max(1, min(MAX_JOB, -(-events // (self.workers * JOBS_PER_WORKER))))
 
-    def _new_job_id(self) -> int:
+    def new_job_id(self) -> int:
         self._next_job += 1
         return self._next_job
 
