@@ -20,21 +20,22 @@ and finalized even while its scheduler or collector thread runs.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future
 from collections.abc import Callable, Hashable, Iterable, Sequence
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from ._dispatch import BatchRoute, Dispatcher, Middleware, Routes
 from ._errors import BufferFull, StoreClosed
-from ._event import BACKGROUND, Context, Event
+from ._event import BACKGROUND, Context, Event, Result
 from ._metrics import Metrics, Stats
 from ._outcomes import Accounting
-from ._event import Result
 from ._pipeline import Item, Run, Submission, Ticket
 from ._policy import OverrunPolicy
 from ._transport.codec import FLAG_REPORT, UNDECODABLE, decode_events
@@ -42,6 +43,7 @@ from ._transport.packing import CHUNK_MAX, Encoded, check_event, check_pickles, 
 from ._transport.ring import SlotRing
 from ._transport.slots import Slots
 from ._transport.stats import CLOSED, CLOSING, OPEN, STORE_STATES, WORKER_STATES, StatsBlock
+from ._workers.executor import InlineExecutor
 
 if TYPE_CHECKING:
     from ._dlq import DeadLetter
@@ -102,6 +104,11 @@ class Bus:
         # back; and those dropped or closed under the lock, completed once it is released.
         self._submitted: dict[int, Submission] = {}
         self._ended: list[tuple[Submission, BaseException]] = []
+        # asyncio callers waiting for room (asubscribe under BLOCK) or for idleness (aflush):
+        # futures of their loops, woken with call_soon_threadsafe where the conditions are
+        # notified, so no thread is parked per waiting coroutine.
+        self._room_waiters: list[asyncio.Future[None]] = []
+        self._idle_waiters: list[asyncio.Future[None]] = []
 
     # -- configuration ------------------------------------------------------------
     def add_batch(self, projection: Hashable, route: BatchRoute) -> None:
@@ -307,6 +314,11 @@ class Bus:
         self.check_open()
         if not self.keeps_objects:  # in sync mode nothing travels: no routes to check
             self.executor.check_routes(*self.routes_and_key())
+        elif _loop_running():  # sync mode cannot await inside a running loop
+            asyncs = async_projections(self.routes())
+            if asyncs:
+                with self.lock:
+                    self._refuse_async_in_loop(asyncs)
         with self.lock:
             slots = self.slots.take_pending()
             if not slots:
@@ -319,6 +331,115 @@ class Bus:
             if self.changed is not None:
                 self.changed()
         return events
+
+    def _refuse_async_in_loop(self, projections: frozenset[Hashable]) -> None:
+        """Sync-mode ``publish()`` inside a running event loop cannot await: refuse, before any
+        event is taken, if a pending event has an ``async def`` handler. Under the lock."""
+        table = self.slots
+        for slot in table.pending:
+            for event in _unkeep(table.objects[slot])[0]:
+                if event.projection in projections:
+                    raise RuntimeError(
+                        f"publish() inside a running event loop cannot await the async def handlers of "
+                        f"{event.projection!r} (sync mode); use `await store.apublish()` (or asubmit), "
+                        "or workers=N")
+
+    async def apublish(self) -> int:
+        """``publish()`` for a coroutine. Worker mode hands off as ``publish()`` does (it never
+        waits for handlers); sync mode runs the handlers here and awaits the ``async def``
+        ones in the caller's loop, those of different events concurrently."""
+        if not isinstance(self.executor, InlineExecutor):
+            return self.publish()
+        self.check_open()
+        with self.lock:
+            slots = self.slots.take_pending()
+            if not slots:
+                return 0
+            events = self.slots.live_events(slots)
+            self._hand_off(events)
+        try:
+            await self.executor.asubmit(slots)
+        finally:
+            if self.changed is not None:
+                self.changed()
+        return events
+
+    async def asubscribe(self, event: Event, ctx: Context | None, timeout: float | None,
+                         submission: Submission | None = None) -> None:
+        """``subscribe`` for a coroutine: where ``subscribe`` would wait for room (BLOCK, or
+        DROP_OLDEST with nothing pending to drop) it awaits a wake-up from the thread that
+        frees a slot instead of blocking the loop."""
+        self.check_open()
+        payload, flags, route, buffers, count = self._encode(event, ctx, 0)
+        if submission is not None and not self.keeps_objects:
+            flags |= FLAG_REPORT
+        encoded: Encoded = (payload, flags, route, buffers, count)
+        deadline = deadline_of(timeout, ctx)
+        loop = asyncio.get_running_loop()
+        while True:
+            waiter: asyncio.Future[None] | None = None
+            try:
+                with self.lock:
+                    self.check_open()
+                    table = self.slots
+                    if table.free_events < 1 and (self.policy is OverrunPolicy.BLOCK or (
+                            self.policy is OverrunPolicy.DROP_OLDEST and not table.pending)):
+                        waiter = loop.create_future()
+                        self._room_waiters.append(waiter)
+                    else:
+                        slot = self._enqueue(encoded, ctx, None, _keep(event, ctx, 0))
+                        if submission is not None:
+                            self._submitted[slot] = submission
+            finally:
+                if self._ended:
+                    self._complete_ended()
+            if waiter is None:
+                if self.changed is not None:
+                    self.changed()
+                return
+            try:
+                await _wait(waiter, deadline, f"ring stayed full ({self.slots.slot_count} slots) until the timeout")
+            finally:
+                self._forget(self._room_waiters, waiter)
+
+    async def asubmit(self, event: Event, ctx: Context | None) -> Future[list[Result]]:
+        """``submit`` for a coroutine: ``asubscribe`` (room awaited), then ``apublish``."""
+        self.check_open()
+        self.executor.check_routes(*self.routes_and_key())
+        submission = Submission()
+        await self.asubscribe(event, ctx, None, submission)
+        try:
+            await self.apublish()
+        except StoreClosed:
+            pass  # drain() began meanwhile: it completes the future with the event's dead letter
+        return submission.future
+
+    async def await_idle(self, deadline: float | None, timeout: float | None) -> None:
+        """Await until nothing is in flight; ``TimeoutError`` past the monotonic ``deadline``."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with self.lock:
+                if self.in_flight == 0:
+                    return
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._idle_waiters.append(waiter)
+            try:
+                await _wait(waiter, deadline, f"aflush(): events still in flight after {timeout} s")
+            finally:
+                self._forget(self._idle_waiters, waiter)
+
+    def _forget(self, waiters: list[asyncio.Future[None]], waiter: asyncio.Future[None]) -> None:
+        with self.lock:
+            if waiter in waiters:
+                waiters.remove(waiter)
+
+    def _notify_room(self) -> None:
+        """Slots were freed (or the bus closed): wake blocked producers, threads and coroutines.
+        Under the lock."""
+        self._room.notify_all()
+        if self._room_waiters:
+            _wake(self._room_waiters)
+            self._room_waiters = []
 
     def _hand_off(self, events: int) -> None:
         """Events leave the pending list for an executor: in flight, and past the dispatched
@@ -445,7 +566,7 @@ class Bus:
                 runs.append((singles, BACKGROUND, 0, ticket, None))
             events = table.release(list(slots))
             table.sync_header()
-            self._room.notify_all()
+            self._notify_room()
         return events, runs
 
     def _read_slot(self, slot: int, seq: int | None = None) -> tuple[list[Event], Context, int]:
@@ -482,7 +603,7 @@ class Bus:
             events = self.slots.release(slots)
             if self._submitted:
                 done = [s for s in map(self._submitted.pop, slots, [None] * len(slots)) if s is not None]
-            self._room.notify_all()
+            self._notify_room()
         for submission in done:
             submission.complete()
         self.finished(events)
@@ -513,6 +634,9 @@ class Bus:
             self.in_flight -= count
             if self.in_flight == 0:
                 self._idle.notify_all()
+                if self._idle_waiters:
+                    _wake(self._idle_waiters)
+                    self._idle_waiters = []
 
     def _wait_room(self, timeout: float | None) -> None:
         """Wait (holding the lock) until slots are freed or ``timeout`` passes."""
@@ -568,7 +692,7 @@ class Bus:
                     error = self.dead_on_close(event, "never published")
                     self._end_submission(slot, error)
             self.closed = True
-            self._room.notify_all()
+            self._notify_room()
         self._complete_ended()
 
     def dead_on_close(self, event: Event, why: str) -> StoreClosed:
@@ -622,6 +746,51 @@ class Bus:
             published_rate=rates[0], processed_rate=rates[1], errors_rate=rates[2], dropped_rate=rates[3],
             updated=time.time(),
         )
+
+
+def _loop_running() -> bool:
+    # The non-raising form of get_running_loop(): sync publish() asks on every call.
+    return asyncio._get_running_loop() is not None
+
+
+def async_projections(routes: Routes) -> frozenset[Hashable]:
+    """Projections with an ``async def`` handler or batch handler (cached on the snapshot).
+    A middleware that makes a handler async is seen only when it runs (see ``_pipeline``)."""
+    cached: frozenset[Hashable] | None = getattr(routes, "_async", None)
+    if cached is None:
+        cached = frozenset(
+            [p for p, hs in routes.handlers.items() if any(map(_is_async, hs))]
+            + [p for p, rs in routes.batches.items() if any(_is_async(r.handler) for r in rs)])
+        routes._async = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def _is_async(fn: object) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+
+def _wake(waiters: list[asyncio.Future[None]]) -> None:
+    """Wake coroutines of any loop, from any thread."""
+    for waiter in waiters:
+        try:
+            waiter.get_loop().call_soon_threadsafe(_set_done, waiter)
+        except RuntimeError:
+            pass  # its loop is closed: nobody waits any more
+
+
+def _set_done(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def _wait(waiter: asyncio.Future[None], deadline: float | None, message: str) -> None:
+    remaining = None if deadline is None else deadline - time.monotonic()
+    if remaining is not None and remaining <= 0:
+        raise TimeoutError(message)
+    try:
+        await asyncio.wait_for(waiter, remaining)
+    except TimeoutError:
+        raise TimeoutError(message) from None
 
 
 def _keep(event: Event, ctx: Context | None, attempts: int) -> Kept:

@@ -4,12 +4,23 @@ The pipeline is the same in the parent (sync mode) and in a worker. It calls han
 tells an :class:`Observer` what happened; the observer decides what that means. In sync
 mode the observer is the store's accounting (hooks, DLQ, metrics, live); in a worker it
 records outcomes to send back over the result ring, and the parent replays them.
+
+``async def`` handlers. A handler (or its middleware chain, or a batch handler) that returns
+an awaitable hands the rest of that event's handling to a *continuation* (:class:`ChainRest`,
+:class:`BatchRest`): the awaitable, then the event's remaining handlers in order, each awaited
+if it returns an awaitable. The pipeline gives the continuation to its ``awaiting`` callback
+and moves on to the next event, so the handlers of different events overlap while they await,
+while one event's handlers still run (and report) in registration order. What becomes of a
+continuation is the caller's: sync mode awaits them all after the run (``publish()`` in a
+loop of its own, ``apublish()`` in the caller's), a worker runs them on its event loop, and a
+group that must keep its order (a transaction) awaits each one at once.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from inspect import isawaitable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -17,7 +28,10 @@ from typing import Any, Protocol
 from ._dispatch import BatchRoute, Routes
 from ._event import BACKGROUND, Context, Emitter, Event, Result, current_emitter
 
-__all__ = ["Item", "Ticket", "Submission", "Run", "Observer", "Counter", "NO_RESULT", "run_runs", "run_chunk", "chunks"]
+__all__ = [
+    "Item", "Ticket", "Submission", "Run", "Observer", "Counter", "NO_RESULT", "run_runs", "run_chunk", "chunks",
+    "Continuation", "ChainRest", "BatchRest", "Awaiting", "returns_awaitable",
+]
 
 
 @dataclass
@@ -122,14 +136,22 @@ class Counter(Observer, Protocol):
     def count_unhandled(self, n: int, projections: set[Hashable]) -> None: ...
 
 
-def run_runs(runs: Sequence[Run], routes: Routes, observer: Counter, emit: Emitter) -> None:
+def returns_awaitable(result: object) -> bool:
+    """Whether a handler's return value must be awaited; a plain ``None`` or ``Result`` is
+    told apart without ``inspect`` (the usual case, checked on every call)."""
+    return result is not None and type(result) is not Result and isawaitable(result)
+
+
+def run_runs(runs: Sequence[Run], routes: Routes, observer: Counter, emit: Emitter,
+             awaiting: Awaiting) -> None:
     """Every per-event handler of every event, then every batch handler (``runs`` is read
     twice, so it is a sequence).
 
     The hot loop of sync mode: the chain is looked up once per stretch of one projection, and
     an :class:`Item` is made only for an outcome that someone watches. ``emit`` is live
     throughout, for ``ctx.emit``. A handler failure is an ``Exception``: Ctrl-C still stops
-    the program.
+    the program. A handler that returns an awaitable hands the rest of its event to
+    ``awaiting`` (see the module docstring).
     """
     chains_of, after = routes.chains, observer.after
     before = observer.before if observer.watches_before else None
@@ -152,7 +174,9 @@ def run_runs(runs: Sequence[Run], routes: Routes, observer: Counter, emit: Emitt
                         unhandled += 1
                         lonely.add(projection)
                     continue
+                call = 0
                 for fn, name in chain:
+                    call += 1
                     item = None
                     if before is not None:
                         item = Item(event, ctx, attempts, ticket, -1, submission)
@@ -162,6 +186,11 @@ def run_runs(runs: Sequence[Run], routes: Routes, observer: Counter, emit: Emitt
                     except Exception as exc:
                         after(item or Item(event, ctx, attempts, ticket, -1, submission), name, None, exc)
                     else:
+                        if result is not None and type(result) is not Result and isawaitable(result):
+                            awaiting(ChainRest(result, name, chain[call:],
+                                               item or Item(event, ctx, attempts, ticket, -1, submission),
+                                               observer, emit))
+                            break  # the rest of this event's chain runs in the continuation
                         if counting:
                             succeeded += 1
                         else:
@@ -169,7 +198,7 @@ def run_runs(runs: Sequence[Run], routes: Routes, observer: Counter, emit: Emitt
                                   NO_RESULT if result is None else result, None)
         if routes.batches:
             for index, route, chunk in batch_chunks(runs, routes.batches):
-                run_chunk(route, chunk, observer, index=index)
+                run_chunk(route, chunk, observer, index=index, awaiting=awaiting, emit=emit)
     finally:
         current_emitter.reset(reset)
         observer.count_successes(succeeded)
@@ -198,27 +227,149 @@ def chunks(seq: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 
 
 def run_chunk(route: BatchRoute, chunk: Sequence[Item], observer: Observer,
-              catch: type[BaseException] = Exception, index: int = -1) -> None:
-    """One batch call (of batch route ``index``); hooks and outcomes per event of the chunk."""
+              catch: type[BaseException] = Exception, index: int = -1,
+              awaiting: Awaiting | None = None, emit: Emitter | None = None) -> None:
+    """One batch call (of batch route ``index``); hooks and outcomes per event of the chunk.
+    A call that returns an awaitable goes to ``awaiting`` as a :class:`BatchRest`."""
     for item in chunk:
         observer.before(item, route.name)
     ctx = chunk[0].ctx if chunk else BACKGROUND
-    error: BaseException | None = None
-    results: Sequence[Result | None] = ()
     try:
-        returned = route.handler(ctx, [item.event for item in chunk])
-        if returned is not None:
-            if not isinstance(returned, Sequence) or isinstance(returned, (str, bytes)):
-                raise TypeError(
-                    f"batch handler {route.name} returned {type(returned).__name__}; "
-                    "return a list of Result (one per event) or None"
-                )
-            results = returned
+        returned: Any = route.handler(ctx, [item.event for item in chunk])
     except catch as exc:
-        error = exc
+        deliver_batch(route, chunk, observer, index, None, exc)
+        return
+    if awaiting is not None and returns_awaitable(returned):
+        awaiting(BatchRest(returned, route, chunk, observer, index, emit, catch))
+        return
+    deliver_batch(route, chunk, observer, index, returned, None)
+
+
+def deliver_batch(route: BatchRoute, chunk: Sequence[Item], observer: Observer, index: int,
+                  returned: Any, error: BaseException | None) -> None:
+    """A batch call's outcome, per event of its chunk: what it returned, or its error."""
+    results: Sequence[Result | None] = ()
+    if error is None and returned is not None:
+        if not isinstance(returned, Sequence) or isinstance(returned, (str, bytes)):
+            error = TypeError(
+                f"batch handler {route.name} returned {type(returned).__name__}; "
+                "return a list of Result (one per event) or None"
+            )
+        else:
+            results = returned
     for i, item in enumerate(chunk):
         if error is not None:
             observer.after(item, route.name, None, error, index)
         else:
             result = results[i] if i < len(results) else None
             observer.after(item, route.name, NO_RESULT if result is None else result, None, index)
+
+
+class ChainRest:
+    """The rest of one event's per-event handlers, once one of them returned an awaitable.
+
+    :meth:`run` awaits it and reports its outcome, then calls the remaining handlers in order,
+    awaiting those that return awaitables. :meth:`refuse` settles the same calls without an
+    event loop, each as a failure with the given error, so that nothing is lost where no loop
+    can run them.
+    """
+
+    __slots__ = ("awaitable", "name", "rest", "item", "observer", "emit", "catch")
+
+    def __init__(self, awaitable: Awaitable[Any], name: str, rest: Sequence[tuple[Any, str]], item: Item,
+                 observer: Observer, emit: Emitter | None, catch: type[BaseException] = Exception) -> None:
+        self.awaitable, self.name, self.rest, self.item = awaitable, name, rest, item
+        self.observer, self.emit, self.catch = observer, emit, catch
+
+    async def run(self) -> None:
+        reset = current_emitter.set(self.emit) if self.emit is not None else None
+        try:
+            item, observer, catch = self.item, self.observer, self.catch
+            await self._finish(self.awaitable, self.name)
+            for fn, name in self.rest:
+                if observer.watches_before:
+                    observer.before(item, name)
+                try:
+                    result = fn(item.ctx, item.event)
+                except catch as exc:
+                    observer.after(item, name, None, exc)
+                    continue
+                if returns_awaitable(result):
+                    await self._finish(result, name)
+                else:
+                    observer.after(item, name, NO_RESULT if result is None else result, None)
+        finally:
+            if reset is not None:
+                current_emitter.reset(reset)
+
+    async def _finish(self, awaitable: Awaitable[Any], name: str) -> None:
+        try:
+            result = await awaitable
+        except self.catch as exc:
+            self.observer.after(self.item, name, None, exc)
+        else:
+            self.observer.after(self.item, name, NO_RESULT if result is None else result, None)
+
+    def refuse(self, error: BaseException) -> None:
+        _close(self.awaitable)
+        item, observer = self.item, self.observer
+        observer.after(item, self.name, None, error)
+        for fn, name in self.rest:
+            if observer.watches_before:
+                observer.before(item, name)
+            try:
+                result = fn(item.ctx, item.event)
+            except self.catch as exc:
+                observer.after(item, name, None, exc)
+                continue
+            if returns_awaitable(result):
+                _close(result)
+                observer.after(item, name, None, error)
+            else:
+                observer.after(item, name, NO_RESULT if result is None else result, None)
+
+    def close(self) -> None:
+        """Never to be run (the run was interrupted): no 'never awaited' warning."""
+        _close(self.awaitable)
+
+
+class BatchRest:
+    """A batch call that returned an awaitable: awaited, then delivered per event."""
+
+    __slots__ = ("awaitable", "route", "chunk", "observer", "index", "emit", "catch")
+
+    def __init__(self, awaitable: Awaitable[Any], route: BatchRoute, chunk: Sequence[Item], observer: Observer,
+                 index: int, emit: Emitter | None, catch: type[BaseException] = Exception) -> None:
+        self.awaitable, self.route, self.chunk, self.observer = awaitable, route, chunk, observer
+        self.index, self.emit, self.catch = index, emit, catch
+
+    async def run(self) -> None:
+        reset = current_emitter.set(self.emit) if self.emit is not None else None
+        try:
+            try:
+                returned = await self.awaitable
+            except self.catch as exc:
+                deliver_batch(self.route, self.chunk, self.observer, self.index, None, exc)
+            else:
+                deliver_batch(self.route, self.chunk, self.observer, self.index, returned, None)
+        finally:
+            if reset is not None:
+                current_emitter.reset(reset)
+
+    def refuse(self, error: BaseException) -> None:
+        _close(self.awaitable)
+        deliver_batch(self.route, self.chunk, self.observer, self.index, None, error)
+
+    def close(self) -> None:
+        _close(self.awaitable)
+
+
+Continuation = ChainRest | BatchRest
+#: What the pipeline does with a continuation: keep it to await later, await it now, or refuse it.
+Awaiting = Callable[[Continuation], None]
+
+
+def _close(awaitable: object) -> None:
+    close = getattr(awaitable, "close", None)  # a coroutine never awaited warns unless closed
+    if callable(close):
+        close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import asyncio
 import multiprocessing
 import os
 import time
@@ -240,16 +241,22 @@ class EventStore:
         except TimeoutError as exc:
             flush_error = exc
         finally:
-            for timer in self._scheduler.stop():
-                bus.dead_on_close(timer.event, "timer never fired")
-            bus.close_pending()
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            bus.executor.shutdown(remaining)
-            bus.end_submissions(StoreClosed("the store was drained before the event was handled"))
-            self._ticker.tick()  # the last counts, for a reader that looks before the block goes
-            self._finalizer()
+            self._shut(deadline)
         if flush_error is not None:
             raise flush_error
+
+    def _shut(self, deadline: float | None) -> None:
+        """What closing does once the flush is over (or given up): dead letters for timers and
+        pending events, the workers stopped, every future completed, memory released."""
+        bus = self._bus
+        for timer in self._scheduler.stop():
+            bus.dead_on_close(timer.event, "timer never fired")
+        bus.close_pending()
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        bus.executor.shutdown(remaining)
+        bus.end_submissions(StoreClosed("the store was drained before the event was handled"))
+        self._ticker.tick()  # the last counts, for a reader that looks before the block goes
+        self._finalizer()
 
     def close(self, timeout: float | None = None) -> None:
         """The same as :meth:`drain`."""
@@ -265,6 +272,63 @@ class EventStore:
         at most ``EXIT_GRACE`` seconds, and the exception propagates."""
         if exc_type is None:
             self.drain()
+        else:
+            self._close(EXIT_GRACE, flush=False)
+
+    # -- asyncio ------------------------------------------------------------------
+    async def asubscribe(self, event: Event, ctx: Context | None = None, *, timeout: float | None = None) -> None:
+        """``subscribe`` for a coroutine: under BLOCK it awaits room without blocking the
+        event loop (the thread that frees a slot wakes it); same errors as ``subscribe``."""
+        await self._bus.asubscribe(event, ctx, timeout)
+
+    async def asubmit(self, event: Event, ctx: Context | None = None) -> list[Result]:
+        """``submit`` awaited: the event's ``Result``s, or the first failing handler's error.
+
+        Room is awaited as in ``asubscribe``; the worker's outcome arrives through
+        ``asyncio.wrap_future`` (a ``call_soon_threadsafe`` from the collector thread), so no
+        thread waits for it. In sync mode the handlers run as in ``apublish()``.
+        """
+        future = await self._bus.asubmit(event, ctx)
+        return await asyncio.wrap_future(future)
+
+    async def apublish(self) -> int:
+        """``publish()`` for a coroutine. In sync mode, ``async def`` handlers are awaited in
+        this loop, those of different events concurrently; worker mode hands off as ever."""
+        return await self._bus.apublish()
+
+    async def aflush(self, timeout: float | None = None) -> None:
+        """``flush()`` for a coroutine: awaits a wake-up that the thread finishing the last
+        event in flight sends to this loop; ``TimeoutError`` past ``timeout``."""
+        if current_emitter.get() is not None or inside_hook():
+            raise RuntimeError("aflush() inside a handler or hook would wait for that very "
+                               "handler or hook; call it from outside them")
+        await self._bus.await_idle(deadline_of(timeout, None), timeout)
+
+    async def adrain(self, timeout: float | None = None) -> None:
+        """``drain()`` for a coroutine: the flush is awaited; stopping the (idle) workers then
+        takes the loop's thread briefly, as it joins their processes."""
+        bus = self._bus
+        if not bus.start_closing():
+            return
+        deadline = deadline_of(timeout, None)
+        flush_error: TimeoutError | None = None
+        try:
+            await self.aflush(timeout)
+        except TimeoutError as exc:
+            flush_error = exc
+        finally:
+            self._shut(deadline)
+        if flush_error is not None:
+            raise flush_error
+
+    async def __aenter__(self) -> EventStore:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        """``adrain()`` on a clean exit; on an exception the prompt close of ``__exit__``."""
+        if exc_type is None:
+            await self.adrain()
         else:
             self._close(EXIT_GRACE, flush=False)
 

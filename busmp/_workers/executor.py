@@ -17,13 +17,14 @@ Hooks run in whichever of these threads takes an outcome in (see ``pool`` for th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+from collections.abc import Callable, Generator, Sequence
 from typing import Protocol
 
 from .._dispatch import Routes
 from .._event import BACKGROUND, Context, Event
 from .._outcomes import Accounting
-from .._pipeline import Item, Run, Ticket, run_runs
+from .._pipeline import Continuation, Item, Run, Ticket, run_runs
 from .._transport.packing import Encoded
 from .._transport.slots import Slots
 from .._transport.stats import StatsBlock
@@ -85,6 +86,32 @@ class Executor(Protocol):
     def per_worker(self) -> tuple[int, ...]: ...
 
 
+IN_LOOP = ("an async def handler cannot be awaited by publish() inside a running event loop "
+           "(sync mode); use `await store.apublish()` (or asubmit), or workers=N")
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+async def _all(continuations: list[Continuation]) -> None:
+    await asyncio.gather(*(c.run() for c in continuations))
+
+
+def _await_now(continuation: Continuation) -> None:
+    """An ordered group's continuation: run to the end before the next event (a transaction)."""
+    if _loop_running():
+        continuation.refuse(RuntimeError(
+            "a transaction's async def handler cannot be awaited inside a running event loop in "
+            "sync mode; commit from a thread (`await asyncio.to_thread(tx.commit)`) or use workers=N"))
+    else:
+        asyncio.run(continuation.run())
+
+
 class InlineExecutor:
     """Sync mode: handlers run in the thread that calls ``publish()``."""
 
@@ -97,11 +124,46 @@ class InlineExecutor:
         return None  # handlers run here: nothing travels
 
     def submit(self, slots: Sequence[int], ticket: Ticket | None = None) -> None:
-        self.run(*self._host.claim_runs(slots, ticket))
+        """Run the events of ``slots`` now. ``async def`` handlers are awaited in an event loop
+        of this call's own (a group, ``ticket``, awaits each one at once, to keep its order);
+        inside a running loop, where none can be made, they fail with a ``RuntimeError``
+        naming ``apublish()`` (``Bus.publish`` refuses such events beforehand where it can
+        tell)."""
+        count, runs = self._host.claim_runs(slots, ticket)
+        rounds = self._rounds(count, runs, ordered=ticket is not None)
+        deferred = next(rounds, None)
+        while deferred is not None:
+            try:
+                if _loop_running():
+                    for continuation in deferred:
+                        continuation.refuse(RuntimeError(IN_LOOP))
+                else:
+                    asyncio.run(_all(deferred))
+            except BaseException as exc:  # Ctrl-C while awaiting: the rounds settle what they hold
+                rounds.throw(exc)
+                raise
+            deferred = next(rounds, None)
 
-    def run(self, count: int, runs: list[Run]) -> None:
-        """Handle ``count`` events and, breadth first, every follow-up they emit. Submitted
-        events' futures complete once the run is over, before the events leave flight."""
+    async def asubmit(self, slots: Sequence[int]) -> None:
+        """``submit`` for ``apublish()``: continuations are awaited in the caller's loop, all of
+        one round at once, so that handlers of different events overlap while they await."""
+        count, runs = self._host.claim_runs(slots, None)
+        rounds = self._rounds(count, runs, ordered=False)
+        deferred = next(rounds, None)
+        while deferred is not None:
+            try:
+                await _all(deferred)
+            except BaseException as exc:  # cancelled: the rounds settle what they hold
+                rounds.throw(exc)
+                raise
+            deferred = next(rounds, None)
+
+    def _rounds(self, count: int, runs: list[Run], ordered: bool) -> Generator[list[Continuation], None, None]:
+        """Handle ``count`` events and, breadth first, every follow-up they emit; yields each
+        round's continuations for the caller to await (an ordered group awaits them at once).
+        Submitted events' futures complete once their round is over, before the events leave
+        flight. An exception thrown in (or raised here) ends the rounds with nothing in
+        flight and every future completed."""
         host = self._host
         while count:
             followups: list[Run] = []
@@ -111,10 +173,15 @@ class InlineExecutor:
                 followups.append(([event], ctx if ctx is not None else BACKGROUND, 0, None, None))
 
             submissions = [run[4] for run in runs if run[4] is not None]
+            deferred: list[Continuation] = []
             tally = host.accounting.tally()
             try:
-                run_runs(runs, host.routes(), tally, emit)
+                run_runs(runs, host.routes(), tally, emit, _await_now if ordered else deferred.append)
+                if deferred:
+                    yield deferred
             except BaseException as exc:
+                for continuation in deferred:
+                    continuation.close()
                 for submission in submissions:  # interrupted (Ctrl-C in a handler): never pending
                     submission.complete(exc)
                 host.finished(count + len(followups))  # interrupted: nothing stays in flight
