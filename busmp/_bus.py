@@ -408,6 +408,10 @@ class Bus:
         self.executor.check_routes(*self.routes_and_key())
         submission = Submission()
         await self.asubscribe(event, ctx, None, submission)
+        # One turn of the loop before publishing: the other coroutines of this turn subscribe
+        # too, and the first publish hands them all off at once (one plan, jobs of many events)
+        # instead of a publish, a job and a worker round trip each.
+        await asyncio.sleep(0)
         try:
             await self.apublish()
         except StoreClosed:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
-from inspect import isawaitable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -138,8 +137,9 @@ class Counter(Observer, Protocol):
 
 def returns_awaitable(result: object) -> bool:
     """Whether a handler's return value must be awaited; a plain ``None`` or ``Result`` is
-    told apart without ``inspect`` (the usual case, checked on every call)."""
-    return result is not None and type(result) is not Result and isawaitable(result)
+    told apart without an ABC check (the usual case, checked on every call). ``Awaitable``
+    rather than ``inspect.isawaitable``: a worker should not import ``inspect`` to start."""
+    return result is not None and type(result) is not Result and isinstance(result, Awaitable)
 
 
 def run_runs(runs: Sequence[Run], routes: Routes, observer: Counter, emit: Emitter,
@@ -186,7 +186,7 @@ def run_runs(runs: Sequence[Run], routes: Routes, observer: Counter, emit: Emitt
                     except Exception as exc:
                         after(item or Item(event, ctx, attempts, ticket, -1, submission), name, None, exc)
                     else:
-                        if result is not None and type(result) is not Result and isawaitable(result):
+                        if result is not None and type(result) is not Result and isinstance(result, Awaitable):
                             awaiting(ChainRest(result, name, chain[call:],
                                                item or Item(event, ctx, attempts, ticket, -1, submission),
                                                observer, emit))

@@ -6,7 +6,9 @@ Job channel, parent -> worker:
     EVENTS  job u64, count u32            | count x (slot, seq, start, stop) i64: run per-event
             handlers on events start..stop-1 of each slot (a slot holds one event or a chunk)
     BATCH   job u64, count u32, key u32, route u32 | entries: one batch call, projection #key
-    STOP    (empty): finish what is queued, then exit
+    STOP    (empty): finish what is queued (and every handler still awaiting), then exit
+    | ORDERED   a flag on EVENTS and BATCH: the job is a group that keeps its order (a
+            transaction): a handler's awaitable is awaited before the next call, not overlapped
 
 Result channel, worker -> parent:
 
@@ -17,6 +19,14 @@ Result channel, worker -> parent:
     FOLLOWUP    flags u32 | an encoded event (``_codec``), from ``ctx.emit``
     DONE    job u64, quiet i64, 0 i64: the job is finished, its slots may be reused; ``quiet``
             counts its successful calls that had no OUTCOME
+    ASYNC   job u64, pos u32, call u16: call number ``call`` of event ``pos`` returned an
+            awaitable; that call and the event's later ones now run on the worker's event loop
+            and report every outcome (the parent counts them). Sent before the progress words
+            move past the event, so that a crash charges exactly its calls not reported
+    PARKED  job u64, quiet i64: the job's events were all run up to their awaiting calls (the
+            quiet successes so far are counted here); its slots stay taken until its DONE, which
+            follows when the last of them has finished, but it no longer counts as work queued
+            at the worker, which is fed further jobs meanwhile
 
 Control words of a worker's *job* channel, all written by the worker: the job in progress and
 how far it got, so that the parent can tell, after a crash, exactly which (event, handler) calls
@@ -30,15 +40,16 @@ import struct
 from collections.abc import Sequence
 
 __all__ = [
-    "ROUTES", "EVENTS", "BATCH", "STOP", "OUTCOME", "FOLLOWUP", "DONE",
-    "ROUTES_HEAD", "JOB_HEAD", "BATCH_HEAD", "OUTCOME_HEAD", "FOLLOWUP_HEAD", "DONE_REC",
+    "ROUTES", "EVENTS", "BATCH", "STOP", "ORDERED", "OUTCOME", "FOLLOWUP", "DONE", "ASYNC", "PARKED",
+    "ROUTES_HEAD", "JOB_HEAD", "BATCH_HEAD", "OUTCOME_HEAD", "FOLLOWUP_HEAD", "DONE_REC", "ASYNC_REC", "PARKED_REC",
     "CUR_JOB", "CUR_POS", "CUR_PROCESSED", "CUR_ERRORS", "PID", "HANDLED", "CUR_CALL", "WHOLE_EVENT",
     "call_word", "split_call_word",
     "Entry", "pack_entries", "unpack_entries",
 ]
 
 ROUTES, EVENTS, BATCH, STOP = 1, 2, 3, 4
-OUTCOME, FOLLOWUP, DONE = 11, 12, 13
+ORDERED = 1 << 8  # flag on a job kind (see above)
+OUTCOME, FOLLOWUP, DONE, ASYNC, PARKED = 11, 12, 13, 14, 15
 
 ROUTES_HEAD = struct.Struct("<B")
 JOB_HEAD = struct.Struct("<QI")
@@ -46,6 +57,8 @@ BATCH_HEAD = struct.Struct("<QIII")
 OUTCOME_HEAD = struct.Struct("<QIHBH")
 FOLLOWUP_HEAD = struct.Struct("<I")
 DONE_REC = struct.Struct("<Qqq")
+ASYNC_REC = struct.Struct("<QIH")
+PARKED_REC = struct.Struct("<Qq")
 
 # Control words (indices into the job channel's spare line).
 CUR_JOB, CUR_POS, CUR_PROCESSED, CUR_ERRORS, PID, HANDLED, CUR_CALL = range(7)

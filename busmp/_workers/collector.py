@@ -28,7 +28,9 @@ from typing import TYPE_CHECKING, Any
 from .._errors import RemoteError
 from .._event import Event
 from .._transport.codec import DECODE_HANDLER, UNDECODABLE, decode_event
-from .._transport.records import DONE, DONE_REC, FOLLOWUP, FOLLOWUP_HEAD, OUTCOME, OUTCOME_HEAD
+from .._transport.records import (
+    ASYNC, ASYNC_REC, DONE, DONE_REC, FOLLOWUP, FOLLOWUP_HEAD, OUTCOME, OUTCOME_HEAD, PARKED, PARKED_REC,
+)
 from .processes import WorkerHandle, is_dead
 
 if TYPE_CHECKING:
@@ -148,9 +150,25 @@ class Collector:
                 result, error = _load_outcome(payload[OUTCOME_HEAD.size + name_len:], name)
                 job = pool.jobs.get(job_id)
                 if job is not None:
-                    job.reported_at = job.reported_at + 1 if job.reported[0] == pos else 1
-                    job.reported = (pos, call)
+                    if job.awaiting is not None and pos in job.awaiting:
+                        job.awaiting[pos] = call + 1  # from the worker's event loop, in call order
+                    else:
+                        job.reported_at = job.reported_at + 1 if job.reported[0] == pos else 1
+                        job.reported = (pos, call)
                     pool.settle(job, pos, name, result, error, counted=False)
+            elif kind == ASYNC:
+                job_id, pos, call = ASYNC_REC.unpack(payload)
+                job = pool.jobs.get(job_id)
+                if job is not None:
+                    if job.awaiting is None:
+                        job.awaiting = {}
+                    job.awaiting[pos] = call
+            elif kind == PARKED:
+                job_id, quiet = PARKED_REC.unpack(payload)
+                accounting.count(quiet, 0)
+                job = pool.jobs.get(job_id)
+                if job is not None:
+                    pool.park(job)
             elif kind == FOLLOWUP:
                 (flags,) = FOLLOWUP_HEAD.unpack_from(payload)
                 self._accept_followup(bytes(payload[FOLLOWUP_HEAD.size:]), flags)

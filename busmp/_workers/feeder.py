@@ -19,7 +19,7 @@ import cloudpickle
 
 from .._dispatch import Routes, handler_name
 from .._errors import BusError
-from .._transport.records import BATCH_HEAD, EVENTS, JOB_HEAD, ROUTES, ROUTES_HEAD, pack_entries
+from .._transport.records import BATCH_HEAD, EVENTS, JOB_HEAD, ORDERED, ROUTES, ROUTES_HEAD, pack_entries
 from .jobs import MAX_JOB, Job
 from .processes import WorkerHandle, is_dead, ring_doorbell
 
@@ -28,7 +28,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Feeder", "FEED_DEPTH", "pickle_routes"]
 
-FEED_DEPTH = 2  # jobs a worker holds at once (one running, one queued); the rest wait in the pool
+#: Jobs a worker holds at once (one running, one queued); the rest wait in the pool. A parked
+#: job (its handlers awaiting, see ``records``) does not count: a worker whose handlers await
+#: takes more jobs meanwhile, up to its own bound on awaiting events (``worker``).
+FEED_DEPTH = 2
 
 
 class Feeder:
@@ -40,13 +43,13 @@ class Feeder:
         """Give each live worker jobs until it holds ``FEED_DEPTH``, one at a time in turn,
         then ring the doorbells of the workers that got something. Under the pool's lock."""
         pool = self._pool
-        live = [h for h in pool.handles if h.process is not None and len(h.outstanding) < FEED_DEPTH]
+        live = [h for h in pool.handles if h.process is not None and len(h.outstanding) - h.parked < FEED_DEPTH]
         share = 0
         if len(pool.unassigned) > 1 and live:  # a worker takes work: its share of what waits
             waiting = sum(job.events for job in pool.unassigned)
             share = min(MAX_JOB, -(-waiting // len(live)))
         while pool.unassigned and live:
-            live = [h for h in live if len(h.outstanding) < FEED_DEPTH]
+            live = [h for h in live if len(h.outstanding) - h.parked < FEED_DEPTH]
             for handle in live:
                 if not pool.unassigned:
                     break
@@ -100,7 +103,8 @@ class Feeder:
             head = BATCH_HEAD.pack(job.id, len(job.entries), *job.batch)
         handle.outstanding[job.id] = job
         handle.queued += job.events
-        handle.jobs.put(job.kind, head + pack_entries(job.entries), self._waiter(handle))
+        kind = job.kind | (ORDERED if job.ticket is not None else 0)
+        handle.jobs.put(kind, head + pack_entries(job.entries), self._waiter(handle))
 
     def routes_payload(self, routes: Routes, key: object) -> bytes:
         """The ROUTES record for ``key``, pickled once per change of the routes; ``TypeError``

@@ -49,6 +49,10 @@ class Job:
     # that pos: a worker reports in order, so every call before it is done (see pool.on_death).
     reported: tuple[int, int] = (-1, -1)
     reported_at: int = 0
+    # Events whose handlers await on the worker's loop (ASYNC records): pos -> the first call
+    # not yet reported; and whether the worker parked the job (PARKED), its sync pass over.
+    awaiting: dict[int, int] | None = None
+    parked: bool = False
 
     def __post_init__(self) -> None:
         ends = list(accumulate(stop - start for _, _, start, stop in self.entries))

@@ -216,6 +216,8 @@ class ProcessExecutor:
             handle = self.handles[job.worker]
             if handle.outstanding.pop(job.id, None) is not None:
                 handle.queued -= job.events
+                if job.parked:
+                    handle.parked -= 1
             refs, done = self.refs, []
             for slot in job.slots:
                 refs[slot] -= 1
@@ -232,11 +234,31 @@ class ProcessExecutor:
         if ticket_done and job.ticket is not None:
             job.ticket.done.set()
 
+    def park(self, job: Job) -> None:
+        """The worker ran ``job`` up to its awaiting calls (PARKED): it no longer counts as work
+        queued there, so the worker is fed more while its handlers await."""
+        with self.lock:
+            if job.parked or job.id not in self.jobs:
+                return
+            job.parked = True
+            handle = self.handles[job.worker]
+            if job.id in handle.outstanding:
+                handle.parked += 1
+            if self.unassigned and not self.closing:
+                self.feeder.feed(set())
+
     def _charge(self, job: Job, first: tuple[int, int], error: BaseException) -> None:
         """Every (event, handler) call of ``job`` from ``first`` = (pos, call) on becomes a dead
-        letter with ``error``, named after its handler; the job ends."""
+        letter with ``error``, named after its handler; so does every call of an awaiting event
+        (ASYNC) from its first one not reported. The job ends."""
         start, skip = first
+        awaiting = job.awaiting or {}
+        for pos, call in sorted(awaiting.items()):
+            for name in self._handler_names(job, pos)[call:]:
+                self.settle(job, pos, name, None, error, counted=False, cut=True)
         for pos in range(start, job.events):
+            if pos in awaiting:
+                continue
             for name in self._handler_names(job, pos)[skip if pos == start else 0:]:
                 self.settle(job, pos, name, None, error, counted=False, cut=True)
         self.finish(job)
@@ -294,7 +316,9 @@ class ProcessExecutor:
                                 if self.closing else WorkerCrashed(pid, exitcode))
         for job in dead_jobs:
             first = (0, 0)
-            if job.id == cur_job:
+            if job.parked:  # its sync pass is over and counted (PARKED): only awaiting calls die
+                first = (job.events, 0)
+            elif job.id == cur_job:
                 first, quiet_at = _frontier(job, cur_pos, calls if call_pos == cur_pos else 0)
                 self.host.accounting.count(quiet + quiet_at, 0)
             self._charge(job, first, error)

@@ -45,6 +45,7 @@ class WorkerHandle:
     outstanding: dict[int, Job] = field(default_factory=dict)
     routes_key: object = None
     queued: int = 0            # events in outstanding jobs, for balancing
+    parked: int = 0            # outstanding jobs whose handlers only await (not queued work)
     crashed_handled: int = 0   # events handled by earlier processes in this position
     started_at: float = 0.0
 

@@ -6,35 +6,59 @@ events and a DONE record to the result channel. With no job queued, spin briefly
 see ``_ring``), then sleep in ``select`` on the doorbell pipe. A watchdog thread ends the
 process as soon as the parent is gone, even mid-handler: it sleeps on a pidfd of the parent
 (Linux), or else checks every half second.
+
+``async def`` handlers. A call that returns an awaitable hands the rest of its event (or its
+batch call) to a continuation (see ``_pipeline``) that runs on this worker's event loop, made
+on first need; the job goes on with its next event, so the handlers of different events,
+and of different jobs, overlap while they await. The worker announces such an event (ASYNC)
+before its progress words move past it, and the continuation reports every outcome, so a
+crash is charged for exactly the calls not reported (see ``pool.on_death``). A job whose
+events await is *parked* (PARKED) once its sync pass is over: the parent feeds further jobs
+meanwhile, and the job's DONE follows when its last continuation ends. At most
+``AWAITING_MAX`` continuations run at once; at the bound the worker reads no new job until
+one ends. With none awaiting, the worker waits for jobs as before; with some, it runs the loop
+(``run_loop``) until the doorbell rings, and gives the loop a turn after each job. A group
+that keeps its order (ORDERED: a transaction) awaits each continuation at once instead.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import select
 import signal
 import threading
 import time
-from collections.abc import Hashable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Hashable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .._transport.channel import Channel
 from .._transport.codec import DECODE_HANDLER, FLAG_REPORT, decode_events, dumps, encode_event, portable_exception
 from .._dispatch import BatchRoute, Routes
 from .._errors import RemoteError
 from .._event import BACKGROUND, Context, Event, Result, current_emitter
-from .._pipeline import NO_RESULT, Item, run_chunk
+from .._pipeline import NO_RESULT, BatchRest, ChainRest, Continuation, Item, run_chunk
 from .._transport.records import (
-    BATCH, BATCH_HEAD, CUR_CALL, CUR_JOB, CUR_POS, CUR_PROCESSED, DONE, DONE_REC, FOLLOWUP, FOLLOWUP_HEAD,
-    EVENTS, HANDLED, JOB_HEAD, OUTCOME, OUTCOME_HEAD, PID, ROUTES, ROUTES_HEAD, STOP, WHOLE_EVENT, Entry,
-    call_word, unpack_entries,
+    ASYNC, ASYNC_REC, BATCH, BATCH_HEAD, CUR_CALL, CUR_JOB, CUR_POS, CUR_PROCESSED, DONE, DONE_REC, FOLLOWUP,
+    FOLLOWUP_HEAD, EVENTS, HANDLED, JOB_HEAD, ORDERED, OUTCOME, OUTCOME_HEAD, PARKED, PARKED_REC, PID, ROUTES,
+    ROUTES_HEAD, STOP, WHOLE_EVENT, Entry, call_word, unpack_entries,
 )
 from .._transport.ring import SPIN_ALLOWED, SlotRing
 from .._transport.stats import BUSY, IDLE, W_HANDLED, W_JOBS, WorkerLine
 
-__all__ = ["worker_main", "Worker"]
+if TYPE_CHECKING:
+    import asyncio
 
+__all__ = ["worker_main", "Worker", "AWAITING_MAX"]
+
+#: Continuations (events, or batch calls, whose handlers await) one worker runs at once. The
+#: bound keeps memory and the loop's turn time in check; it is far above what a job holds, so
+#: awaiting handlers are not held back by how many jobs the parent queues (``FEED_DEPTH``).
+AWAITING_MAX = 1024
+# What run_loop() waits for: a job (or every continuation ended), room under AWAITING_MAX,
+# or every continuation ended.
+_FOR_JOBS, _FOR_ROOM, _FOR_ALL = 0, 1, 2
 SPIN_SECONDS = 50e-6
 PARENT_CHECK_SECONDS = 0.5
 _NOTHING = object()  # no projection seen yet
@@ -76,6 +100,15 @@ class Worker:
         self.job = 0
         self.entries: list[Entry] = []
         self.quiet = 0
+        self.ordered = False  # the job keeps its order: await each awaitable at once
+        # Continuations on the event loop (made on first need), per job the number still
+        # running, and the parked jobs' event counts (their DONE waits for the last one).
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.job_awaits: dict[int, int] = {}
+        self.parked: dict[int, int] = {}
+        self.wake: asyncio.Future[bool] | None = None
+        self.waiting_for = _FOR_JOBS
         self.reporting: set[int] = set()  # positions of the batch job whose every outcome is wanted
         jobs.set_control(PID, os.getpid())
         self.progress = jobs.control_words()
@@ -89,6 +122,10 @@ class Worker:
 
     def close(self) -> None:
         self.notify_parent()
+        if self.loop is not None:
+            for task in self.tasks:  # the parent is gone: nobody waits for these any more
+                task.cancel()
+            self.loop.close()
         if self.line is not None:
             self.line.close()
         self.ring.close()
@@ -98,13 +135,20 @@ class Worker:
     # -- main loop ----------------------------------------------------------------
     def run(self) -> None:
         while True:
+            if len(self.tasks) >= AWAITING_MAX:
+                self.run_loop(_FOR_ROOM)
+                continue
             record = self.jobs.get()
             if record is None:  # the parent heard of our last job when it finished
-                if not self.wait_for_work():
+                if not (self.run_loop(_FOR_JOBS) if self.tasks else self.wait_for_work()):
                     return
                 continue
             kind, payload = record
+            self.ordered = bool(kind & ORDERED)
+            kind &= ~ORDERED
             if kind == STOP:
+                while self.tasks:
+                    self.run_loop(_FOR_ALL)
                 return
             if kind == ROUTES:
                 (want,) = ROUTES_HEAD.unpack_from(payload)
@@ -117,6 +161,96 @@ class Worker:
                 self.run_batch(job, unpack_entries(payload, BATCH_HEAD.size), key, route)
             if kind != ROUTES:
                 self.notify_parent()  # a finished job: the parent frees its slots and feeds us more
+                if self.tasks:
+                    self.loop_once()  # awaiting handlers move on between jobs too
+
+    # -- the event loop, for async def handlers -----------------------------------------
+    def event_loop(self) -> asyncio.AbstractEventLoop:
+        if self.loop is None:
+            import asyncio  # on first need only: a worker of sync handlers never pays for it
+
+            self.loop = asyncio.new_event_loop()
+        return self.loop
+
+    def run_loop(self, waiting_for: int) -> bool:
+        """Run the event loop until what ``waiting_for`` names; False if the parent is gone.
+        Waiting for jobs, the doorbell is watched by the loop itself (no thread, no timeout)."""
+        loop = self.event_loop()
+        self.wake = loop.create_future()
+        self.waiting_for = waiting_for
+        if waiting_for == _FOR_JOBS:
+            loop.add_reader(self.doorbell_fd, self.doorbell)
+        try:
+            return loop.run_until_complete(self.wake)
+        finally:
+            if waiting_for == _FOR_JOBS:
+                loop.remove_reader(self.doorbell_fd)
+            self.wake = None
+
+    def doorbell(self) -> None:
+        try:
+            data = os.read(self.doorbell_fd, 4096)
+        except BlockingIOError:
+            return
+        if self.wake is not None and not self.wake.done():
+            self.wake.set_result(bool(data))  # b"": every writer closed, parent gone
+
+    def loop_once(self) -> None:
+        """One turn of the loop: what is ready runs, what is due fires, nothing is waited for."""
+        loop = self.event_loop()
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+
+    def defer_chain(self, awaitable: Awaitable[Any], name: str, rest: Sequence[tuple[Any, str]], event: Event,
+                    ctx: Context, pos: int, call: int) -> None:
+        """Call ``call`` of event ``pos`` returned ``awaitable``: the rest of the event runs as
+        a continuation (announced first), or at once in an ordered job."""
+        reporter = _Reporter(self, self.job, call, True)
+        continuation = ChainRest(awaitable, name, rest, Item(event, ctx, 0, None, pos), reporter, self.emit,
+                                 BaseException)
+        if self.ordered:
+            self.event_loop().run_until_complete(continuation.run())
+            return
+        self.results.put(ASYNC, ASYNC_REC.pack(self.job, pos, call), self.wait_for_parent)
+        self.start(continuation)
+
+    def defer_batch(self, continuation: Continuation) -> None:
+        """A batch call returned an awaitable: its events are announced, then it runs on the
+        loop and reports every event's outcome (or at once, in an ordered job)."""
+        if self.ordered:
+            self.event_loop().run_until_complete(continuation.run())
+            return
+        assert isinstance(continuation, BatchRest)
+        for item in continuation.chunk:
+            self.results.put(ASYNC, ASYNC_REC.pack(self.job, item.token, 0), self.wait_for_parent)
+        continuation.observer = _Reporter(self, self.job, 0, False)
+        self.start(continuation)
+
+    def start(self, continuation: Continuation) -> None:
+        job = self.job
+        task = self.event_loop().create_task(continuation.run())
+        self.tasks.add(task)
+        self.job_awaits[job] = self.job_awaits.get(job, 0) + 1
+        task.add_done_callback(functools.partial(self.task_done, job))
+
+    def task_done(self, job: int, task: asyncio.Task[None]) -> None:
+        """A continuation ended: the last one of a parked job finishes that job."""
+        self.tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # handler errors were reported; this only marks it retrieved
+        left = self.job_awaits[job] - 1
+        if left:
+            self.job_awaits[job] = left
+        else:
+            del self.job_awaits[job]
+            events = self.parked.pop(job, None)
+            if events is not None:
+                self.done(job, events, 0)
+                self.notify_parent()
+        wake = self.wake
+        if wake is not None and not wake.done() and (
+                not self.tasks or (self.waiting_for == _FOR_ROOM and len(self.tasks) < AWAITING_MAX)):
+            wake.set_result(True)
 
     def wait_for_work(self) -> bool:
         """Spin briefly, then sleep on the doorbell; False once the parent is gone.
@@ -158,7 +292,15 @@ class Worker:
             self.line.set_state(BUSY, time.time())
 
     def finish_job(self) -> None:
-        self.handled += sum(stop - start for _, _, start, stop in self.entries)
+        events = sum(stop - start for _, _, start, stop in self.entries)
+        if self.job_awaits.get(self.job):  # some of its events await: parked until they end
+            self.parked[self.job] = events
+            self.results.put(PARKED, PARKED_REC.pack(self.job, self.quiet), self.wait_for_parent)
+            return
+        self.done(self.job, events, self.quiet)
+
+    def done(self, job: int, events: int, quiet: int) -> None:
+        self.handled += events
         self.jobs.set_control(HANDLED, self.handled)  # before DONE: flush() may return on DONE
         line = self.line
         if line is not None:
@@ -166,7 +308,7 @@ class Worker:
             line.set(W_HANDLED, self.handled_before + self.handled)
             line.set(W_JOBS, self.jobs_done)
             line.set_state(IDLE, time.time())
-        self.results.put(DONE, DONE_REC.pack(self.job, self.quiet, 0), self.wait_for_parent)
+        self.results.put(DONE, DONE_REC.pack(job, quiet, 0), self.wait_for_parent)
 
     def run_events(self, job: int, entries: list[Entry]) -> None:
         self.start_job(job, entries)
@@ -221,6 +363,9 @@ class Worker:
                 except BaseException as exc:  # the worker must outlive its handlers
                     report(pos, name, None, exc, call)
                 else:
+                    if result is not None and type(result) is not Result and isinstance(result, Awaitable):
+                        self.defer_chain(result, name, chain[call + 1:], event, ctx, pos, call)
+                        break  # the continuation runs (and reports) the rest of this event
                     if want:
                         report(pos, name, NO_RESULT if result is None else result, None, call)
                     else:
@@ -261,7 +406,8 @@ class Worker:
         if chunk:
             reset = current_emitter.set(self.emit)
             try:
-                run_chunk(route, chunk, self, catch=BaseException, index=route_index)
+                run_chunk(route, chunk, self, catch=BaseException, index=route_index, awaiting=self.defer_batch,
+                          emit=self.emit)
             finally:
                 current_emitter.reset(reset)
         self.finish_job()
@@ -286,7 +432,7 @@ class Worker:
             self.quiet += 1
 
     def report(self, pos: int, handler: str, result: Result | None, error: BaseException | None,
-               call: int) -> None:
+               call: int, job: int | None = None) -> None:
         """Send the outcome of call number ``call`` (of event ``pos``'s handlers) to the parent,
         which counts it, fires the hooks and makes the dead letter."""
         if error is not None:
@@ -297,7 +443,7 @@ class Worker:
             error = RemoteError("TypeError", f"handler {handler} returned a result that cannot be pickled: {exc}")
             body = dumps((None, error))[0]
         name = handler.encode()[:0xFFFF]
-        head = OUTCOME_HEAD.pack(self.job, pos, len(name), error is not None, call)
+        head = OUTCOME_HEAD.pack(self.job if job is None else job, pos, len(name), error is not None, call)
         self.results.put(OUTCOME, head + name + body, self.wait_for_parent)
 
     def emit(self, event: Event, ctx: Context) -> None:
@@ -310,6 +456,25 @@ class Worker:
         time.sleep(0.0002)
         if not self.parent_alive():
             raise SystemExit(0)
+
+
+class _Reporter:
+    """A continuation's observer: every outcome goes to the parent, under the continuation's
+    own job (the worker has moved on), numbered by call along one event's chain."""
+
+    watches_before = False
+
+    def __init__(self, worker: Worker, job: int, call: int, chain: bool) -> None:
+        self.worker, self.job, self.call, self.chain = worker, job, call, chain
+
+    def before(self, item: Item, handler: str) -> None:
+        return None
+
+    def after(self, item: Item, handler: str, result: Result | None, error: BaseException | None,
+              route: int = -1) -> None:
+        self.worker.report(item.token, handler, result, error, self.call, self.job)
+        if self.chain:
+            self.call += 1
 
 
 class Owner:
