@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
-from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._dispatch import BatchRoute, Routes
 from ._event import BACKGROUND, Context, Emitter, Event, Result, current_emitter
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 __all__ = [
     "Item", "Ticket", "Submission", "Run", "Observer", "Counter", "NO_RESULT", "run_runs", "run_chunk", "chunks",
@@ -58,6 +60,9 @@ class Submission:
     __slots__ = ("future", "results", "batch", "cut")
 
     def __init__(self) -> None:
+        # Imported here, in the parent: a worker imports this module and never makes a future.
+        from concurrent.futures import Future
+
         self.future: Future[list[Result]] = Future()
         self.future.set_running_or_notify_cancel()  # running from the start: cancel() is False
         self.results: list[tuple[Any, BaseException | None]] = []
@@ -81,6 +86,8 @@ class Submission:
         future = self.future
         if future.done():
             return
+        from concurrent.futures import InvalidStateError
+
         error = error or self.cut
         outcomes = self.results + [self.batch[r] for r in sorted(self.batch)]
         if error is None:
