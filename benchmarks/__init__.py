@@ -22,7 +22,7 @@ import importlib
 from types import ModuleType
 
 WORKLOADS = ("subscribe", "subscribe_publish", "streaming_sync", "small_events", "streaming", "cpu_bound",
-             "numpy_payload", "latency", "startup")
+             "numpy_payload", "latency", "submit", "startup")
 
 
 def load_workload(name: str) -> ModuleType:
