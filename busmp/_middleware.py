@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ._dispatch import Handler, Middleware
 from ._event import Context, Event, Result
+from ._pipeline import returns_awaitable
 
 __all__ = ["with_retry", "constant_backoff", "exponential_backoff", "Backoff"]
 
@@ -47,30 +49,62 @@ def with_retry(retries: int, backoff: Backoff | None = None) -> Middleware:
     """Call the handler at most ``retries + 1`` times, sleeping ``backoff(n)`` before retry ``n``.
 
     A context deadline that would pass during a wait ends the retries with ``TimeoutError``.
+    Around an ``async def`` handler the retries await: what the awaited handler raises is
+    retried, and the waits are ``asyncio.sleep`` (other handlers run meanwhile).
     """
     if not isinstance(retries, int) or isinstance(retries, bool):
         raise TypeError(f"with_retry() needs an int number of retries, got {type(retries).__name__}")
     if retries < 0:
         raise ValueError(f"with_retry() needs retries >= 0, got {retries}")
 
+    def delay_before(attempt: int, ctx: Context, exc: Exception) -> float:
+        """The wait before retry ``attempt``; re-raises when the retries are used up."""
+        if attempt > retries:
+            raise exc
+        delay = backoff(attempt) if backoff is not None else 0.0
+        remaining = ctx.remaining()
+        if remaining is not None and remaining < delay:
+            raise TimeoutError(f"context deadline passes before retry {attempt} of {retries}") from exc
+        return delay
+
     def middleware(handler: Handler) -> Handler:
         def retrying(ctx: Context, event: Event) -> Result | None:
             attempt = 0
             while True:
                 try:
-                    return handler(ctx, event)
+                    result = handler(ctx, event)
                 except Exception as exc:
                     attempt += 1
-                    if attempt > retries:
-                        raise
-                    delay = backoff(attempt) if backoff is not None else 0.0
-                    remaining = ctx.remaining()
-                    if remaining is not None and remaining < delay:
-                        raise TimeoutError(
-                            f"context deadline passes before retry {attempt} of {retries}"
-                        ) from exc
+                    delay = delay_before(attempt, ctx, exc)
                     if delay > 0:
                         time.sleep(delay)
+                    continue
+                if returns_awaitable(result):  # an async def handler: retry what it raises when awaited
+                    return retrying_async(result, attempt, ctx, event)  # type: ignore[return-value]
+                return result
+
+        async def retrying_async(awaitable: Any, attempt: int, ctx: Context, event: Event) -> Any:
+            import asyncio  # already imported: this runs in an event loop
+
+            while True:
+                try:
+                    return await awaitable
+                except Exception as exc:
+                    attempt += 1
+                    delay = delay_before(attempt, ctx, exc)
+                    if delay > 0:
+                        await asyncio.sleep(delay)  # other handlers run meanwhile
+                while True:
+                    try:
+                        awaitable = handler(ctx, event)
+                        break
+                    except Exception as exc:
+                        attempt += 1
+                        delay = delay_before(attempt, ctx, exc)
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                if not returns_awaitable(awaitable):
+                    return awaitable
 
         retrying.__qualname__ = getattr(handler, "__qualname__", "handler")
         retrying.__module__ = getattr(handler, "__module__", __name__)

@@ -393,3 +393,30 @@ def test_many_loops_in_many_threads_share_one_store():
         for t in threads:
             t.join()
         assert sorted(r[0].value for r in got) == sorted(2 * (k * 100 + i) for k in range(3) for i in range(50))
+
+
+class Flaky:
+    calls = 0
+
+
+async def flaky(ctx, ev):
+    """Fails (after awaiting) until its ``ev.data``-th call."""
+    Flaky.calls += 1
+    await asyncio.sleep(0)
+    if Flaky.calls < ev.data:
+        raise ConnectionError(f"call {Flaky.calls}")
+    return Result("ok", Flaky.calls)
+
+
+@pytest.mark.parametrize("workers", MODES)
+def test_with_retry_retries_what_an_async_handler_raises_when_awaited(workers):
+    from busmp import constant_backoff, with_retry
+
+    Flaky.calls = 0
+    d = Dispatcher()
+    d.register("flaky", flaky)
+    with store_for(d, workers) as store:
+        store.use(with_retry(3, constant_backoff(0.01)))
+        assert store.submit(Event("flaky", 3)).result(timeout=WAIT) == [Result("ok", 3)]
+        err = store.submit(Event("flaky", 100)).exception(timeout=WAIT)  # 4 more calls, all fail
+        assert isinstance(err, ConnectionError) and str(err) == "call 7"
