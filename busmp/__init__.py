@@ -11,11 +11,13 @@ Data flow (``workers=N``)::
      subscribe_many(evs) ─chunks─▶                                    │ read in place
                                                                       ▼
      publish() ─▶ executor (_workers): plan jobs, feed ─▶ [job channel k] ─▶ decode ─▶ middleware ─▶ handlers
+                                                     (async def handlers: on the worker's event loop) │
                                                                                                       │
    collector thread ◀── [result channel k: outcomes, follow-ups, DONE] ◀─────────────────────────────┘
    (or, for its first moments, the thread waiting in flush() reads the channels itself)
      ├─ hooks (on_before / on_after / on_error) run here, in the parent
      ├─ DeadLetterQueue, metrics; slots given back to the Bus on DONE; more jobs fed
+     ├─ submitted events' futures complete as their slots come back (asyncio: wrap_future)
      └─ follow-ups (ctx.emit) ─▶ back into the slot ring as new work
 
    stats block busmp_stats_<uid>_<name> (one 64-byte line per writer): the parent's stats

@@ -14,6 +14,16 @@ outside, which is what makes ``publish()`` re-entrant (a handler may publish) an
 ``ProcessExecutor`` state lock → ``Bus.lock`` → ``Accounting`` counter lock → a DLQ's lock.
 Nothing holding a later lock ever takes an earlier one.
 
+Submitted events (``submit``/``asubmit``). The bus keeps each one's
+:class:`~busmp._pipeline.Submission` by slot from its write until its slot comes back: the
+accounting records outcomes into it as they are settled (``Item.submission``), and the future
+completes where the event leaves flight (``release``; the inline executor after its run) or is
+discarded (DROP_OLDEST, ``close_pending``, ``end_submissions``). Futures are completed outside
+the lock, since their callbacks run in the completing thread.
+
+Coroutines never park a thread: ``asubscribe`` and ``aflush`` register a future of their loop,
+and whoever notifies the room or idle condition wakes it with ``call_soon_threadsafe``.
+
 The bus holds no reference to the store, so a store dropped without ``drain()`` is collected
 and finalized even while its scheduler or collector thread runs.
 """
@@ -591,6 +601,9 @@ class Bus:
             decoded = ([Event(UNDECODABLE, bytes(payload))] * CHUNK_MAX, BACKGROUND, 0)
         self._last_read = (key, decoded)
         return decoded
+
+    def submission_at(self, slot: int) -> Submission | None:
+        return self._submitted.get(slot) if self._submitted else None
 
     def item_at(self, slot: int, seq: int, index: int, ticket: Ticket | None) -> Item:
         """Worker mode: event ``index`` of a slot a worker reported on, decoded again here for hooks and DLQ."""

@@ -24,7 +24,7 @@ from typing import Protocol
 from .._dispatch import Routes
 from .._event import BACKGROUND, Context, Event
 from .._outcomes import Accounting
-from .._pipeline import Continuation, Item, Run, Ticket, run_runs
+from .._pipeline import Continuation, Item, Run, Submission, Ticket, run_runs
 from .._transport.packing import Encoded
 from .._transport.slots import Slots
 from .._transport.stats import StatsBlock
@@ -47,6 +47,8 @@ class Host(Protocol):
         """The routing snapshot, and a key that changes whenever it must be shipped anew."""
     def claim_runs(self, slots: Sequence[int], ticket: Ticket | None) -> tuple[int, list[Run]]:
         """Sync mode: the events of claimed slots, which are given back at once."""
+    def submission_at(self, slot: int) -> Submission | None:
+        """The submission of the event in ``slot``, if it was submitted and is still in flight."""
     def item_at(self, slot: int, seq: int, index: int, ticket: Ticket | None) -> Item:
         """Event ``index`` of ``slot``, decoded in the parent (for hooks and dead letters)."""
     def release(self, slots: list[int]) -> None:

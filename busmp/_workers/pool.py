@@ -9,6 +9,11 @@ dead worker held, what becomes of it.
 Slots are reference-counted: an event may sit in one EVENTS job and in one BATCH job per batch
 handler of its projection; its slot returns to the bus when the last of them is done.
 
+A job whose handlers await (``async def``) is *parked* once the worker has run it up to its
+awaiting calls (PARKED, see ``records``): it holds its slots until its DONE but is no longer
+queued work, so the feeder gives that worker more. A crash charges a parked or awaiting job's
+events only for the calls the worker did not report (``_charge``).
+
 Lock order: ``ProcessExecutor.lock`` (jobs, handles, the unassigned queue, slot references) →
 ``Bus.lock`` → accounting. ``Collector.reading`` is taken before any of them and only by a
 thread that reads result channels. Hooks, which may take any user lock, run with none of the
@@ -197,6 +202,15 @@ class ProcessExecutor:
                counted: bool, cut: bool = False) -> None:
         """One outcome of event ``pos`` of ``job``: hooks, dead letter, counters, and the
         event's future if it was submitted (``cut``: the event dies with this error)."""
+        accounting = self.host.accounting
+        if error is None and not counted and not accounting.wants_results:
+            # A success nobody watches (a submitted event's, without hooks): only its future
+            # and the counter want it, so the event is not decoded again here.
+            submission = self.host.submission_at(job.locate(pos)[0])
+            if submission is not None:
+                submission.record(result, None, job.batch[1] if job.kind == BATCH else -1)
+            accounting.count(1, 0)
+            return
         item = self.host.item_at(*job.locate(pos), job.ticket)
         submission = item.submission
         if submission is not None:
@@ -204,7 +218,6 @@ class ProcessExecutor:
                 submission.cut_off(error)
             else:
                 submission.record(result, error, job.batch[1] if job.kind == BATCH else -1)
-        accounting = self.host.accounting
         accounting.before(item, name)
         accounting.settle(item, name, result, error, counted=counted)
 
