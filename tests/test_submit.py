@@ -339,3 +339,29 @@ def test_hooks_see_submitted_events_like_any_other(workers):
         assert isinstance(store.submit(Event("p", 3)).exception(timeout=WAIT), ValueError)
         store.flush(timeout=WAIT)
         assert seen == [(1, 1, "NoneType"), (3, None, "ValueError")]
+
+
+def test_only_submitted_events_send_their_outcomes_back():
+    """Without hooks, a worker reports the outcomes of submitted events only: the 200 plain
+    events of the same publishes are counted in bulk (DONE), not one record each."""
+    d = Dispatcher()
+    d.register("p", double, plus_one)
+    with store_for(d, 2) as store:
+        pool = store._bus.executor
+        settled = []
+        real_settle = pool.settle
+
+        def counting_settle(job, pos, name, result, error, counted, cut=False):
+            settled.append(name)
+            return real_settle(job, pos, name, result, error, counted, cut)
+
+        pool.settle = counting_settle
+        futures = []
+        for i in range(4):
+            store.subscribe_many(Event("p", j) for j in range(50))
+            futures.append(store.submit(Event("p", 1000 + i)))
+        assert [f.result(timeout=WAIT) for f in futures] == [
+            [Result("double", 2 * (1000 + i)), Result("plus_one", 1001 + i)] for i in range(4)]
+        store.flush(timeout=WAIT)
+        assert sorted(settled) == sorted(["test_submit.double", "test_submit.plus_one"] * 4)
+        assert store.metrics() == (204, 408, 0)
