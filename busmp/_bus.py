@@ -102,6 +102,9 @@ class Bus:
         self.accounting = Accounting()
         self.published = 0
         self.in_flight = 0
+        # Of those, events already handled in slots a worker-mode executor still holds (a chunk
+        # cut into several jobs is given back whole): Stats shows the difference.
+        self.handled_in_held = 0
         self.closing = False
         self.closed = False
         self._dispatcher = dispatcher
@@ -646,6 +649,12 @@ class Bus:
         encode_one(event, ctx)  # reject what could not travel to a worker, in every mode
         self.count_followup()
 
+    def handled_early(self, change: int) -> None:
+        """Worker mode: ``change`` more (or, as their slots come back, fewer) events are handled
+        while their slots are still held; only what ``stats()`` shows as in flight moves."""
+        with self.lock:
+            self.handled_in_held += change
+
     def finished(self, count: int) -> None:
         with self.lock:
             self.in_flight -= count
@@ -742,7 +751,8 @@ class Bus:
         Read without the lock: each value is one int read whole; they may be a moment apart."""
         accounting, table = self.accounting, self.slots
         return (self.published, accounting.processed, accounting.errors, table.counts["dropped"],
-                table.pending_events, self.in_flight, accounting.dead_letters, accounting.unhandled)
+                table.pending_events, max(0, self.in_flight - self.handled_in_held), accounting.dead_letters,
+                accounting.unhandled)
 
     def stats(self, rates: tuple[float, float, float, float]) -> Stats:
         with self.lock:
@@ -758,8 +768,9 @@ class Bus:
             slots=table.slot_count, workers=self.executor.workers, per_worker=per_worker,
             free_pages=free_pages, pages=table.page_count, unhandled=unhandled, name=self.name,
             pid=os.getpid(), state=STORE_STATES[self.state()],
-            worker_pids=tuple(pid for pid, _ in lines),
-            worker_states=tuple(WORKER_STATES.get(state, "unknown") for _, state in lines),
+            worker_pids=tuple(pid for pid, _, _ in lines),
+            worker_states=tuple(WORKER_STATES.get(state, "unknown") for _, state, _ in lines),
+            worker_since=tuple(since for _, _, since in lines),
             published_rate=rates[0], processed_rate=rates[1], errors_rate=rates[2], dropped_rate=rates[3],
             updated=time.time(),
         )

@@ -33,7 +33,9 @@ class Stats:
     * ``dropped``: pending events that ``DROP_OLDEST`` discarded to make room.
     * ``pending``: subscribed and not yet taken by a ``publish()``.
     * ``in_flight``: taken by a ``publish()`` (or committed, scheduled, emitted) and not yet
-      fully handled: every handler of the event has not yet reported back.
+      fully handled: not every handler of the event has reported back. In worker mode it moves
+      as each job a worker finishes is read, also while the chunk slot that holds the events
+      waits for its other jobs (``flush()`` waits for the slots too).
     * ``dead_letters``: dead letters made so far, a running total (whatever became of the DLQ
       since: replayed, cleared, or none attached to keep them).
     * ``unhandled``: events published with no handler and no batch handler for their
@@ -50,6 +52,8 @@ class Stats:
     * ``per_worker``: events each position has handled (its earlier processes included).
     * ``worker_pids``: the pid of each position's process (0 while one starts).
     * ``worker_states``: ``"starting"``, ``"idle"``, ``"busy"`` (running a job) or ``"dead"``.
+    * ``worker_since``: when each position entered that state (``time.time()``): a worker busy
+      for long is running a slow (or stuck) handler.
 
     Identity and rates:
 
@@ -80,6 +84,7 @@ class Stats:
     state: str = "open"
     worker_pids: tuple[int, ...] = field(default=())
     worker_states: tuple[str, ...] = field(default=())
+    worker_since: tuple[float, ...] = field(default=())
     published_rate: float = 0.0
     processed_rate: float = 0.0
     errors_rate: float = 0.0

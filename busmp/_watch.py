@@ -151,6 +151,7 @@ def stats_from(name: str, values: dict[str, object]) -> Stats:
         state=STORE_STATES.get(whole("state"), "unknown"),
         worker_pids=tuple(int(w["pid"]) for w in workers),
         worker_states=tuple(WORKER_STATES.get(int(w["state"]), "unknown") for w in workers),
+        worker_since=tuple(float(w["since"]) for w in workers),
         published_rate=rate("published_rate"), processed_rate=rate("processed_rate"),
         errors_rate=rate("errors_rate"), dropped_rate=rate("dropped_rate"), updated=real("updated"),
     )

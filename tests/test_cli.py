@@ -149,7 +149,8 @@ def test_stats_json_has_every_stats_field_with_its_type(busy_store):
     data = json.loads(out.stdout)
     fields = {f.name: f.type for f in dataclasses.fields(Stats)}
     assert set(data) == set(fields)
-    types = {"int": int, "float": (int, float), "str": str, "tuple[int, ...]": list, "tuple[str, ...]": list}
+    types = {"int": int, "float": (int, float), "str": str, "tuple[int, ...]": list, "tuple[str, ...]": list,
+             "tuple[float, ...]": list}
     for key, value in data.items():
         assert isinstance(value, types[fields[key]]), (key, value)
     assert data["name"] == busy_store.name and data["pid"] == os.getpid()
@@ -159,7 +160,8 @@ def test_stats_json_has_every_stats_field_with_its_type(busy_store):
     assert sum(data["per_worker"]) == published and data["worker_states"] == ["idle"]
     assert data == {**busy_store.stats().to_dict(), "updated": data["updated"], "published_rate": data["published_rate"],
                     "processed_rate": data["processed_rate"], "errors_rate": data["errors_rate"],
-                    "dropped_rate": data["dropped_rate"]}
+                    "dropped_rate": data["dropped_rate"], "worker_since": data["worker_since"]}
+    assert data["worker_since"][0] <= data["updated"]
 
 
 def test_stats_of_an_unknown_store_exits_1_and_lists_the_live_ones(busy_store):

@@ -68,9 +68,12 @@ def render_store(stats: Stats, previous: Stats | None, width: int) -> list[str]:
             before = previous.per_worker[k] if previous is not None and k < len(previous.per_worker) else handled
             rates.append((handled - before) / elapsed if elapsed > 0 else 0.0)
         top_rate = max(rates, default=0.0) or 1.0
-        for k, (pid, state, handled, r) in enumerate(zip(stats.worker_pids, stats.worker_states,
-                                                         stats.per_worker, rates)):
-            lines.append(f"  {k:>3}  pid {pid:<8} {state:<9}{bar(r / top_rate, span - 20)} {rate(r):>10}"
+        now = time.time()
+        for k, (pid, state, since, handled, r) in enumerate(zip(stats.worker_pids, stats.worker_states,
+                                                                stats.worker_since, stats.per_worker, rates)):
+            # How long a worker has been busy with its current job: a stuck handler shows here.
+            shown = f"{state} {now - since:4.1f}s" if state == "busy" and since else state
+            lines.append(f"  {k:>3}  pid {pid:<8} {shown:<11}{bar(r / top_rate, span - 22)} {rate(r):>10}"
                          f"  {count(handled):>10}")
     else:
         lines += ["", "  sync mode: handlers run in the owner's publish() (counts move when it returns)"]

@@ -233,12 +233,12 @@ class StatsBlock:
         line["since"] = time.time()
         line["state"] = state
 
-    def worker_line(self, index: int) -> tuple[int, int]:
-        """(pid, state) of worker position ``index``; (0, DEAD) once the block is closed."""
+    def worker_line(self, index: int) -> tuple[int, int, float]:
+        """(pid, state, since) of worker position ``index``; (0, DEAD, 0.0) once the block is closed."""
         if self.view is None:
-            return 0, DEAD
+            return 0, DEAD, 0.0
         line = self.view["worker"][index]
-        return int(line["pid"]), int(line["state"])
+        return int(line["pid"]), int(line["state"]), float(line["since"])
 
     def close(self) -> None:
         """Mark the store closed, then unlink the block (readers that hold it see CLOSED)."""

@@ -61,6 +61,9 @@ class Host(Protocol):
         """Check a follow-up emitted in this process, then count it."""
     def finished(self, count: int) -> None:
         """``count`` events left flight without a slot to release (follow-ups, dead letters)."""
+    def handled_early(self, change: int) -> None:
+        """``change`` more events are handled in slots the executor still holds (negative as
+        those slots are released); for ``stats().in_flight`` only, ``flush()`` waits for slots."""
 
 
 class Executor(Protocol):

@@ -41,7 +41,7 @@ from .._transport.packing import Encoded
 from .._dispatch import handler_name
 from .._transport.codec import UNDECODABLE
 from .._transport.records import (
-    BATCH, CUR_CALL, CUR_JOB, CUR_POS, CUR_PROCESSED, HANDLED, PID, STOP, WHOLE_EVENT, split_call_word,
+    BATCH, CUR_CALL, CUR_JOB, CUR_POS, CUR_PROCESSED, EVENTS, HANDLED, PID, STOP, WHOLE_EVENT, split_call_word,
 )
 from .._transport.stats import DEAD, STARTING
 from . import processes
@@ -77,6 +77,9 @@ class ProcessExecutor:
             self.mp.set_forkserver_preload(["busmp._workers.worker", "numpy"])
         self.lock = threading.RLock()
         self.refs = [0] * host.slots.slot_count  # jobs that name each slot
+        # Events of a slot that are handled while other jobs still name the slot (a chunk cut
+        # into several jobs): no longer in flight for Stats, though the slot is still held.
+        self.handled_early = [0] * host.slots.slot_count
         self.planner = Planner(host.slots, workers)
         self.jobs: dict[int, Job] = {}
         self.backlog: deque[Encoded] = deque()  # follow-ups waiting for a free slot
@@ -236,12 +239,15 @@ class ProcessExecutor:
                 refs[slot] -= 1
                 if refs[slot] == 0:
                     done.append(slot)
+            early = self._handled_early(job, done)
             if self.unassigned and not self.closing:
                 self.feeder.feed(set())
             ticket_done = False
             if job.ticket is not None:
                 job.ticket.jobs -= 1
                 ticket_done = job.ticket.jobs == 0
+        if early:
+            self.host.handled_early(early)
         if len(done):
             self.host.release(done)
         if ticket_done and job.ticket is not None:
@@ -259,6 +265,23 @@ class ProcessExecutor:
                 handle.parked += 1
             if self.unassigned and not self.closing:
                 self.feeder.feed(set())
+
+    def _handled_early(self, job: Job, done: list[int]) -> int:
+        """How the count of events handled in slots still held changes as ``job`` ends (under
+        the lock). Only an EVENTS job planned without batch routes can tell: then it is the one
+        job that names its events. Slots given back take their share out again."""
+        early, handled = 0, self.handled_early
+        routes = job.routes[0] if job.routes is not None else None
+        if job.kind == EVENTS and routes is not None and not routes.batches:
+            refs = self.refs
+            for slot, _seq, start, stop in job.entries:
+                if refs[slot]:
+                    handled[slot] += stop - start
+                    early += stop - start
+        for slot in done:
+            early -= handled[slot]
+            handled[slot] = 0
+        return early
 
     def _charge(self, job: Job, first: tuple[int, int], error: BaseException) -> None:
         """Every (event, handler) call of ``job`` from ``first`` = (pos, call) on becomes a dead

@@ -72,9 +72,10 @@ def worker_main(jobs_name: str, results_name: str, doorbell: Any, ring_name: str
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it drains us
     owner = Owner(owner_pid)
     _start_watchdog(owner)
-    line = WorkerLine(stats_name, index) if stats_name is not None else None
     worker = Worker(SlotRing.attach(ring_name), Channel.attach(jobs_name), Channel.attach(results_name),
-                    doorbell.fileno(), notify.fileno(), owner, line)
+                    doorbell.fileno(), notify.fileno(), owner)
+    if stats_name is not None:  # after the pid is written: that is when the parent counts us started
+        worker.watch(WorkerLine(stats_name, index))
     try:
         worker.run()
     finally:
@@ -85,7 +86,7 @@ class Worker:
     watches_before = False  # the parent fires on_before when an outcome arrives
 
     def __init__(self, ring: SlotRing, jobs: Channel, results: Channel, doorbell_fd: int,
-                 notify_fd: int, owner: Owner, line: WorkerLine | None = None) -> None:
+                 notify_fd: int, owner: Owner) -> None:
         self.ring, self.jobs, self.results = ring, jobs, results
         self.doorbell_fd, self.notify_fd = doorbell_fd, notify_fd
         os.set_blocking(doorbell_fd, False)
@@ -112,13 +113,16 @@ class Worker:
         self.reporting: set[int] = set()  # positions of the batch job whose every outcome is wanted
         jobs.set_control(PID, os.getpid())
         self.progress = jobs.control_words()
-        # This position's statistics line: ours while we run. The handled count goes on from
-        # where the earlier processes of this position left it.
-        self.line = line
-        self.handled_before = line.handled() if line is not None else 0
+        self.line: WorkerLine | None = None
+        self.handled_before = 0
         self.jobs_done = 0
-        if line is not None:
-            line.started(os.getpid(), IDLE, time.time())
+
+    def watch(self, line: WorkerLine) -> None:
+        """Write this position's statistics line from now on: ours while we run. The handled
+        count goes on from where the earlier processes of this position left it."""
+        self.line = line
+        self.handled_before = line.handled()
+        line.started(os.getpid(), IDLE, time.time())
 
     def close(self) -> None:
         self.notify_parent()
