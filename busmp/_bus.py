@@ -36,6 +36,7 @@ import logging
 import os
 import threading
 import time
+from time import monotonic as _monotonic
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import Future
@@ -90,8 +91,10 @@ class Bus:
         self.stats_block = stats  # the shared statistics (see _watch); workers write their lines
         self._drops_logged = 0
         self._drops_logged_at = 0.0
-        # Called after each producer batch, outside the lock, where no thread ticks the stats.
+        # Called after each producer batch once ``tick_due`` (monotonic) has passed, outside the
+        # lock, where no thread ticks the stats (sync mode; see _watch).
         self.changed: Callable[[], None] | None = None
+        self.tick_due = 0.0
         self.policy = policy
         self.keeps_objects = keeps_objects
         self.lock = threading.RLock()
@@ -161,7 +164,7 @@ class Bus:
         finally:
             if self._ended:
                 self._complete_ended()
-        if self.changed is not None:
+        if self.changed is not None and _monotonic() >= self.tick_due:
             self.changed()
 
     def _encode(self, event: Event, ctx: Context | None, attempts: int) -> Encoded:
@@ -197,7 +200,7 @@ class Bus:
         finally:
             if self._ended:
                 self._complete_ended()
-        if self.changed is not None:
+        if self.changed is not None and _monotonic() >= self.tick_due:
             self.changed()
         try:
             self.publish()
@@ -240,7 +243,7 @@ class Bus:
         finally:
             if self._ended:
                 self._complete_ended()
-            if self.changed is not None:
+            if self.changed is not None and _monotonic() >= self.tick_due:
                 self.changed()
 
     def _pieces(self, chunk: Encoded, members: list[Event], ctx: Context | None) -> list[tuple[Encoded, list[Event]]]:
@@ -341,7 +344,7 @@ class Bus:
         try:
             self.executor.submit(slots)
         finally:
-            if self.changed is not None:
+            if self.changed is not None and _monotonic() >= self.tick_due:
                 self.changed()
         return events
 

@@ -103,7 +103,7 @@ class EventStore:
         self._ticker = StatsTicker(bus, block, name=f"busmp-stats-{prefix}", threaded=workers > 0)
         self._ticker.start()
         if workers == 0:
-            bus.changed = self._ticker.maybe_tick  # no thread in sync mode (see _watch)
+            bus.changed = self._ticker.tick  # no thread in sync mode: the bus ticks when due (see _watch)
         # A store dropped without drain() still stops its workers and unlinks its memory: the
         # finalizer holds what must be released, none of which refers back to the store.
         self._finalizer = weakref.finalize(self, _abandon, bus, self._scheduler, self._ticker)

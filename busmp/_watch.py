@@ -46,7 +46,6 @@ class StatsTicker:
         self._block = block
         self._stop = threading.Event()
         self._ticking = threading.Lock()  # one tick at a time; a producer never waits for one
-        self._due = 0.0
         self._window: deque[tuple[float, int, int, int, int]] = deque()
         self.rates = (0.0, 0.0, 0.0, 0.0)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True) if threaded else None
@@ -63,11 +62,6 @@ class StatsTicker:
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
             thread.join()
 
-    def maybe_tick(self) -> None:
-        """Tick if one is due (sync mode's producers call this after each batch)."""
-        if time.monotonic() >= self._due:
-            self.tick()
-
     def _run(self) -> None:
         while not self._stop.wait(TICK_SECONDS):
             try:
@@ -81,7 +75,7 @@ class StatsTicker:
         if not self._ticking.acquire(blocking=False):
             return  # another thread is ticking right now
         try:
-            self._due = time.monotonic() + TICK_SECONDS
+            self._bus.tick_due = time.monotonic() + TICK_SECONDS
             self._tick()
         finally:
             self._ticking.release()

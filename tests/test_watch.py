@@ -97,9 +97,10 @@ def test_the_longest_name_and_every_allowed_character_work():
 def test_pending_in_flight_and_free_room_are_counted_in_events_not_slots(start_method):
     d = Dispatcher()
     d.register("p", spin)
-    store = EventStore(d, 1 << 10, workers=1, start_method=start_method)
+    store = EventStore(d, 1 << 10, workers=2, start_method=start_method)
     with running(store):
-        store.subscribe_many(Event("p", 0.002) for _ in range(300))
+        # The second worker's share takes longer: for a while, one job is done and one is not.
+        store.subscribe_many([Event("p", 0.0005)] * 150 + [Event("p", 0.004)] * 150)
         assert len(store._bus.slots.pending) < 300 // 4  # a few chunk slots hold them
         stats = store.stats()
         assert (stats.pending, stats.in_flight, stats.free_slots) == (300, 0, (1 << 10) - 300)
@@ -107,13 +108,14 @@ def test_pending_in_flight_and_free_room_are_counted_in_events_not_slots(start_m
         assert store.stats().pending == 0
         # A chunk's slot comes back only when every job cut from it is done; in flight moves
         # with each job all the same.
+
         def ahead_of_slots():
             stats = store.stats()
             given_back = stats.free_slots - ((1 << 10) - 300)  # events of slots come back
             return stats.in_flight < 300 - given_back and stats
 
         moving = wait_for(ahead_of_slots, what="in flight to move ahead of the slots given back")
-        assert 300 <= moving.in_flight + moving.processed <= 300 + 300 // 16 + 1  # at most a job apart
+        assert 300 <= moving.in_flight + moving.processed <= 300 + 150  # at most a job apart
         store.flush(timeout=30)
         stats = store.stats()
         assert (stats.pending, stats.in_flight, stats.processed, stats.free_slots) == (0, 0, 300, 1 << 10)

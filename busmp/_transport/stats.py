@@ -247,7 +247,13 @@ class StatsBlock:
         self.view["state"] = CLOSED
         self.view = None
         self._buf = None
-        _shm.release(self.shm, unlink=True)
+        _shm.release(self.shm, unlink=False)
+        try:
+            self.shm.unlink()
+        except FileNotFoundError:  # gone already: our resource tracker must forget it all the same
+            from multiprocessing import resource_tracker
+
+            resource_tracker.unregister(self.shm._name, "shared_memory")  # type: ignore[attr-defined]
 
 
 def _claim(block: str, size: int) -> shared_memory.SharedMemory:
@@ -262,22 +268,24 @@ def _claim(block: str, size: int) -> shared_memory.SharedMemory:
             name = block[len(block_prefix()):]
             raise ValueError(f"a live busmp store is already named {name!r} (by this user); choose another "
                              "name, or drain that store first (see `python -m busmp ls`)")
-        if status == YOUNG:
-            time.sleep(0.01)  # its owner is filling line 0 right now: look again
+        if status in (YOUNG, CLOSING_BLOCK):
+            time.sleep(0.01)  # its owner is filling line 0, or unlinking the block, right now
             continue
         _unlink(block)  # a dead owner's block (SIGKILL): reclaimed
     raise ValueError(f"could not create the statistics block {block!r}: another process keeps "
                      "creating it; choose another name")
 
 
-LIVE, DEAD_OWNER, YOUNG, MISSING = "live", "dead", "young", "missing"
+LIVE, DEAD_OWNER, YOUNG, CLOSING_BLOCK, MISSING = "live", "dead", "young", "closing", "missing"
 
 
 def _status(block: str) -> tuple[str, int]:
     """Whether ``block`` belongs to a live store (and its worker count).
 
     YOUNG: line 0 is not written yet (a store is being created, or was killed right then:
-    a block that stays young is swept once it is older than ``YOUNG_SECONDS``)."""
+    a block that stays young is swept once it is older than ``YOUNG_SECONDS``). CLOSING_BLOCK:
+    marked closed by a live owner that is unlinking it: not live, and not for a sweeper to
+    unlink (the owner's unlink also tells its resource tracker)."""
     raw = read_block(block, block_size(0))
     if raw is None:
         return MISSING, 0
@@ -287,8 +295,10 @@ def _status(block: str) -> tuple[str, int]:
     (state,) = struct.unpack_from("<q", raw, STATE_LINE * CACHE_LINE)
     if magic == 0:
         return (YOUNG if _age(block) < YOUNG_SECONDS else DEAD_OWNER), 0
-    if magic != MAGIC or version != VERSION or state == CLOSED or not owner_alive(pid, started):
+    if magic != MAGIC or version != VERSION or not owner_alive(pid, started):
         return DEAD_OWNER, 0
+    if state == CLOSED:
+        return CLOSING_BLOCK, 0
     return LIVE, workers
 
 
