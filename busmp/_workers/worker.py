@@ -75,7 +75,7 @@ def worker_main(jobs_name: str, results_name: str, doorbell: Any, ring_name: str
     worker = Worker(SlotRing.attach(ring_name), Channel.attach(jobs_name), Channel.attach(results_name),
                     doorbell.fileno(), notify.fileno(), owner)
     if stats_name is not None:  # after the pid is written: that is when the parent counts us started
-        worker.watch(WorkerLine(stats_name, index))
+        worker.attach_stats(WorkerLine(stats_name, index))
     try:
         worker.run()
     finally:
@@ -117,7 +117,7 @@ class Worker:
         self.handled_before = 0
         self.jobs_done = 0
 
-    def watch(self, line: WorkerLine) -> None:
+    def attach_stats(self, line: WorkerLine) -> None:
         """Write this position's statistics line from now on: ours while we run. The handled
         count goes on from where the earlier processes of this position left it."""
         self.line = line
