@@ -10,7 +10,8 @@ Each workload is a module with ``NAME``, ``TITLE``, ``KIND`` ("rate" or "latency
 returns the elapsed seconds (rate workloads) or a list of per-sample seconds (latency); it does
 its own set-up and tear-down (always in ``try/finally``) and times only the measured part.
 A callable raising ``_common.Unavailable`` is reported as "n/a (not installed)"; any other
-exception as "n/a (error: ...)", and the run goes on.
+exception as "n/a (error: ...)", and the run goes on. Every repetition runs each contender once,
+starting one contender further along each time, so none always runs first.
 
 Results go to ``benchmarks/results/``: ``results.md`` (tables), ``results.json`` (raw timings),
 and ``results.png`` when matplotlib (the optional ``bench`` extra) is importable.

@@ -177,7 +177,10 @@ def run_workload(wl: ModuleType, reps: int, timeout: float) -> WorkloadResult:
         _progress(f"[{wl.NAME}] could not set up: {res.error}")
         return res
     for rep in range(1, reps + 1):
-        for c in res.contenders:
+        # Each repetition starts with the next contender, so no one always runs first (on a
+        # cold machine, or always right after the same neighbour).
+        shift = (rep - 1) % len(res.contenders) if res.contenders else 0
+        for c in res.contenders[shift:] + res.contenders[:shift]:
             if c.status == "ok":
                 _run_once(wl, c, rep, reps, timeout)
     return res

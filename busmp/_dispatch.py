@@ -123,7 +123,18 @@ class Routes:
     handlers: dict[Hashable, tuple[Handler, ...]] = field(default_factory=dict)
     batches: dict[Hashable, tuple[BatchRoute, ...]] = field(default_factory=dict)
     middleware: tuple[Middleware, ...] = ()
-    _chains: dict[Hashable, tuple[tuple[Handler, str], ...]] = field(default_factory=dict, repr=False)
+    _chains: dict[Hashable, tuple[tuple[Handler, str], ...]] = field(default_factory=dict, repr=False, compare=False)
+    # The planner's caches, built in the parent on first use and never shipped (see
+    # ``__getstate__``): the hashes of the projections that have per-event handlers, as a set
+    # and as a numpy array (typed ``Any``: this module must not import numpy, workers load it).
+    hash_set: frozenset[int] | None = field(default=None, init=False, repr=False, compare=False)
+    hash_array: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def handler_hashes(self) -> frozenset[int]:
+        """Hashes of the projections with per-event handlers (what the planner routes on)."""
+        if self.hash_set is None:
+            self.hash_set = frozenset(hash(p) for p, handlers in self.handlers.items() if handlers)
+        return self.hash_set
 
     def chains(self, projection: Hashable) -> tuple[tuple[Handler, str], ...]:
         """Each handler of ``projection`` inside its own middleware chain, with its name."""
@@ -136,7 +147,8 @@ class Routes:
     def __getstate__(self) -> dict[str, Any]:
         # Only what a worker needs: chains are rebuilt where they run, and the planner's
         # caches (numpy arrays) stay in the parent, so a worker never imports numpy for them.
-        return {"handlers": self.handlers, "batches": self.batches, "middleware": self.middleware, "_chains": {}}
+        return {"handlers": self.handlers, "batches": self.batches, "middleware": self.middleware, "_chains": {},
+                "hash_set": None, "hash_array": None}
 
 
 def wrap(handler: Handler, middleware: Sequence[Middleware]) -> Handler:

@@ -111,7 +111,7 @@ class Planner:
 
     def _plan_small(self, slots: list[int], routes: Routes, ticket: Ticket | None, worker: int) -> list[Job]:
         """A publish of a few events, planned without numpy: what an idle bus waits for."""
-        table, wanted = self._slots, _handler_hash_set(routes)
+        table, wanted = self._slots, routes.handler_hashes()
         rows: list[Entry] = []
         for slot in slots:
             seq, route = table.ring.seq_and_route(slot)
@@ -161,19 +161,10 @@ def _matches_any(values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return np.isin(values, wanted)
 
 
-def _handler_hash_set(routes: Routes) -> frozenset[int]:
-    cached = getattr(routes, "_hash_set", None)
-    if cached is None:
-        cached = frozenset(_handler_hashes(routes).tolist())
-        routes._hash_set = cached  # type: ignore[attr-defined]
-    return cached
-
-
 def _handler_hashes(routes: Routes) -> np.ndarray:
-    cached = getattr(routes, "_hashes", None)
-    if cached is None:
-        cached = np.array([hash(p) for p, hs in routes.handlers.items() if hs], dtype=np.int64)
-        routes._hashes = cached  # type: ignore[attr-defined]
-    return cached
+    if routes.hash_array is None:
+        routes.hash_array = np.array(sorted(routes.handler_hashes()), dtype=np.int64)
+    hashes: np.ndarray = routes.hash_array
+    return hashes
 
 
