@@ -221,7 +221,7 @@ def _kill_executor_processes(ex: Any) -> None:
 def process_pool_executor(max_workers: int, factory: Callable[..., Any] | None = None) -> Iterator[Any]:
     """A ``ProcessPoolExecutor`` (or a compatible ``factory``) always shut down, also on error."""
     if factory is None:
-        from concurrent.futures import ProcessPoolExecutor as factory  # noqa: N813
+        from concurrent.futures import ProcessPoolExecutor as factory
     ex = factory(max_workers=max_workers)
     ok = False
     try:

@@ -12,10 +12,11 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from . import _common
 
@@ -137,7 +138,7 @@ def _run_once(wl: ModuleType, c: Contender, rep: int, reps: int, timeout: float)
     except KeyboardInterrupt as exc:
         c.status, c.reason = "n/a", "interrupted"
         interrupted = exc
-    except BaseException as exc:  # noqa: BLE001 - a contender must never end the run
+    except BaseException as exc:  # a contender must never end the run
         c.status, c.reason = "n/a", f"error: {_short(exc)}"
         c.traceback = traceback.format_exc()
     finally:
@@ -172,7 +173,7 @@ def run_workload(wl: ModuleType, reps: int, timeout: float) -> WorkloadResult:
     res = WorkloadResult(module=wl)
     try:
         res.contenders = [_normalize(e) for e in wl.contenders()]
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         res.error = _short(exc)
         _progress(f"[{wl.NAME}] could not set up: {res.error}")
         return res
@@ -194,7 +195,7 @@ def _git_commit(root: Path) -> str:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=5)
         return out.stdout.strip() or "(no commit)"
-    except Exception:  # noqa: BLE001
+    except Exception:
         return "(unknown)"
 
 
@@ -214,7 +215,7 @@ def collect_meta(args: Any, root: Path) -> dict[str, Any]:
         busmp = _common.load_busmp()
         compiled = "byte-compiled first, as a wheel install is" if byte_compile(busmp) else "not byte-compiled"
         busmp_state = f"{getattr(busmp, '__version__', '?')} (imports; {compiled})"
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         busmp_state = f"does not import: {_short(exc)}"
     try:
         import numpy
@@ -273,7 +274,8 @@ def render_markdown(meta: dict[str, Any], results: list[WorkloadResult], plot_no
         if wl.KIND == "latency":
             lines.append(f"Lower is better. Ratio < 1 means faster than the baseline `{wl.BASELINE}`.")
             lines.append("")
-            lines.append(f"| contender | p50 ({wl.UNIT}) | p50 min–max | p99 ({wl.UNIT}) | {ratio_label} (p50) | notes |")
+            lines.append(f"| contender | p50 ({wl.UNIT}) | p50 min–max | p99 ({wl.UNIT}) "
+                         f"| {ratio_label} (p50) | notes |")
             lines.append("|---|---:|---:|---:|---:|---|")
         else:
             lines.append(f"Higher is better. Ratio > 1 means faster than the baseline `{wl.BASELINE}`.")
@@ -372,7 +374,7 @@ def write_results(out_dir: Path, meta: dict[str, Any], results: list[WorkloadRes
     if plot:
         try:
             plot_note = render_plot(results, png)
-        except Exception as exc:  # noqa: BLE001 - a chart must never lose the numbers
+        except Exception as exc:  # a chart must never lose the numbers
             plot_note = f"PNG chart failed: {_short(exc)}"
         if not plot_note.startswith("Chart:") and png.exists():
             png.unlink()  # never leave a chart from an older run next to new numbers

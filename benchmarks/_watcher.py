@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import select
 import sys
-import time
 
 import busmp
 from busmp._transport.stats import live_names

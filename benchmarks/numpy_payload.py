@@ -19,7 +19,8 @@ WORK = COUNT * NBYTES / 1e6  # MB (10^6 bytes)
 WORKERS = 1
 BASELINE = "multiprocessing.Queue"
 NOTES = [
-    f"{COUNT} distinct arrays `np.ones({ELEMS}, float64)` (1 MiB each, {COUNT * NBYTES / 2**20:.0f} MiB in all); MB = 10^6 bytes.",
+    f"{COUNT} distinct arrays `np.ones({ELEMS}, float64)` (1 MiB each, {COUNT * NBYTES / 2**20:.0f} MiB in all); "
+    "MB = 10^6 bytes.",
     "The worker reads the last byte of every array; clock stops when the last one was handled.",
     "memcpy floor: `np.copyto` of the same arrays into one preallocated array, in the parent.",
     "Steady state: busmp and the Queue consumer each take one untimed full round of the 200 arrays first.",

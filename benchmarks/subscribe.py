@@ -19,7 +19,8 @@ N = 200_000
 WORK = N
 BASELINE = "python loop"
 NOTES = [
-    f"N={N:,} events of the form `Event(\"p\", {{\"i\": i}})`; event construction is inside the timed loop for every contender.",
+    f"N={N:,} events of the form `Event(\"p\", {{\"i\": i}})`; "
+    "event construction is inside the timed loop for every contender.",
     "busmp only enqueues here (no publish); the peers call a no-op handler per event.",
 ]
 

@@ -129,7 +129,7 @@ class Bus:
     # -- configuration ------------------------------------------------------------
     def add_batch(self, projection: Hashable, route: BatchRoute) -> None:
         with self.lock:
-            self._batches[projection] = self._batches.get(projection, ()) + (route,)
+            self._batches[projection] = (*self._batches.get(projection, ()), route)
             self._config_version += 1
 
     def add_middleware(self, middleware: Middleware) -> None:

@@ -28,7 +28,7 @@ def shm_blocks(prefix: str | None = None) -> set[str]:
         return {name for name in names if name.startswith(prefix)}
     mine, stats = f"busmp_{os.getpid()}_", f"busmp_stats_{os.getuid()}_"
     return {name for name in names if name.startswith(mine)
-            or name.startswith(stats) and stats_owner(name) == os.getpid()}
+            or (name.startswith(stats) and stats_owner(name) == os.getpid())}
 
 
 def stats_owner(name: str) -> int | None:

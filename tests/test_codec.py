@@ -101,5 +101,5 @@ def test_what_plain_pickle_refuses_goes_through_cloudpickle():
 
 
 def test_an_event_that_cannot_be_pickled_is_named():
-    with pytest.raises(TypeError, match="Event\\(projection='p'.*cannot be pickled"):
+    with pytest.raises(TypeError, match=r"Event\(projection='p'.*cannot be pickled"):
         encode_event(Event("p", threading.Lock()))

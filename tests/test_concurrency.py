@@ -40,7 +40,7 @@ def test_50_producers_racing_20_subscribes_each_then_one_publish_gives_1000_hand
                     start.wait()
                     for i in range(20):
                         store.subscribe(Event("p", id=f"{base}-{i}"))
-                except BaseException as exc:  # noqa: BLE001
+                except BaseException as exc:
                     errors.append(exc)
 
             return run

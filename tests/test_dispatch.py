@@ -89,19 +89,19 @@ def test_on_decorator_syntax_appends_after_earlier_registrations():
 
 def test_register_unhashable_projection_raises_type_error_naming_the_problem():
     d = Dispatcher()
-    with pytest.raises(TypeError, match="(?i)unhashable"):
+    with pytest.raises(TypeError, match=r"(?i)unhashable"):
         d.register(["a", "list"], h1)
 
 
 def test_on_with_unhashable_projection_raises_type_error():
     d = Dispatcher()
-    with pytest.raises(TypeError, match="(?i)unhashable"):
+    with pytest.raises(TypeError, match=r"(?i)unhashable"):
         d.on({"a": 1})(h1)
 
 
 def test_register_non_callable_handler_raises_type_error_naming_the_problem():
     d = Dispatcher()
-    with pytest.raises(TypeError, match="(?i)callable"):
+    with pytest.raises(TypeError, match=r"(?i)callable"):
         d.register("p", "not a function")
 
 

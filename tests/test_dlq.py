@@ -12,7 +12,6 @@ from busmp import (
     DROP_OLDEST,
     RETURN_ERROR,
     StoreClosed,
-    BufferFull,
     Context,
     DeadLetter,
     DeadLetterQueue,

@@ -38,7 +38,7 @@ def test_chunks_hold_every_event_in_order_and_fit_their_capacity(batch, capacity
     got = decoded(chunks)
     assert len(got) == len(batch) and all(same(a, b) for a, b in zip(got, batch))
     assert [e for _, members in chunks for e in members] == batch
-    for (payload, flags, route, _, count), members in chunks:
+    for (payload, _flags, route, _, count), members in chunks:
         assert count <= min(max_events, CHUNK_MAX)
         assert count == 1 or len(payload) <= capacity
         assert route == hash(members[0].projection)
@@ -81,6 +81,6 @@ def test_an_unpicklable_payload_is_named():
 
 
 def test_a_context_must_be_a_context():
-    with pytest.raises(TypeError, match="ctx must be a busmp.Context"):
+    with pytest.raises(TypeError, match=r"ctx must be a busmp\.Context"):
         encode_many([Event(SHARED)], {"not": "a context"}, 8192, 16)  # type: ignore[arg-type]
     assert decoded(encode_many([Event(SHARED)], Context({"a": 1}), 8192, 16)) == [Event(SHARED)]

@@ -6,7 +6,6 @@ import gc
 import os
 import sys
 import threading
-import time
 from multiprocessing import resource_tracker
 
 import psutil

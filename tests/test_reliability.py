@@ -17,7 +17,6 @@ import textwrap
 import threading
 import time
 
-import psutil
 import pytest
 
 from busmp import Dispatcher, Event, WorkerCrashed
@@ -156,7 +155,7 @@ def test_a_hook_raising_a_base_exception_does_not_stop_the_outcomes(exc):
             store.subscribe_many([Event("p", id=i) for i in ids])
             store.publish()
             # outcomes arrive through the collector thread (flush() is not reading them yet)
-            assert wait_until(lambda: set(ids) <= set(seen), 10), f"round {r}: outcomes stopped arriving"
+            assert wait_until(lambda ids=ids: set(ids) <= set(seen), 10), f"round {r}: outcomes stopped arriving"
             store.flush(timeout=10)
         assert store._bus.executor.collector._thread.is_alive()
         assert sorted(seen) == sorted(seen_ids := [i for r in range(3) for i in
@@ -215,7 +214,6 @@ def test_workers_killed_repeatedly_each_call_ends_once(hooks):
     names = ("test_reliability.first_handler", "test_reliability.second_handler")
     with running(make_store(d, "fork", workers=2, buffer_size=1 << 12, policy=OverrunPolicy.BLOCK),
                  timeout=60) as store:
-        ok: collections.Counter[tuple[int, str]] = collections.Counter()
         hooked = []
         if hooks:
             def after(ctx, ev, res, err):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import pickle
 
@@ -36,7 +37,7 @@ def test_header_is_a_numpy_structured_array_with_cursors_on_their_own_cache_line
     cursors = ["written", "dispatched", "released", "dropped"]
     offsets = [dtype.fields[name][1] for name in cursors]
     assert all(offset % 64 == 0 for offset in offsets)
-    assert [b - a for a, b in zip(offsets, offsets[1:])] == [64, 64, 64]
+    assert [b - a for a, b in itertools.pairwise(offsets)] == [64, 64, 64]
     assert offsets[0] >= 64  # not sharing a line with the geometry words either
     assert dtype.itemsize == 64 * (len(cursors) + 1)
 
@@ -247,7 +248,8 @@ def small_shm(monkeypatch, free_mib):
 
 def test_a_ring_bigger_than_all_shared_memory_is_refused_with_the_fix(monkeypatch):
     small_shm(monkeypatch, free_mib=4)
-    with pytest.raises(ValueError, match=r"2 MiB page arena, needs 10 MiB .* holds only 4 MiB; lower buffer_size or slot_size"):
+    with pytest.raises(ValueError, match=r"2 MiB page arena, needs 10 MiB .* holds only 4 MiB; "
+                                         r"lower buffer_size or slot_size"):
         SlotRing.create(1 << 14, 512)
     SlotRing.create(1 << 10, 512).close()  # 512 KiB fits
 

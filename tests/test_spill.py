@@ -3,6 +3,7 @@ pool of reusable blocks and a reader's bounded set of mappings."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import struct
@@ -167,7 +168,7 @@ def test_block_names_are_random_tokens_not_a_sequence(pool):
             tokens.append(int(match.group(1), 16))
         assert len(set(tokens)) == 3
         # a counter (or a clock) would put successive names next to each other
-        assert all(abs(a - b) > 1 << 16 for a, b in zip(tokens, tokens[1:]))
+        assert all(abs(a - b) > 1 << 16 for a, b in itertools.pairwise(tokens))
     finally:
         for block in blocks:
             pool.give(block)

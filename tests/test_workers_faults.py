@@ -16,7 +16,6 @@ import textwrap
 import threading
 import time
 
-import psutil
 import pytest
 
 from busmp import (
@@ -175,7 +174,7 @@ def test_exception_that_cannot_travel_arrives_as_remote_error(start_method, hand
         assert handler.__name__ in letter.handler
         assert letter.event.id == "u1"
         # the bus goes on
-        assert [value for ev_id, value, err in seen if ev_id == "after"][0] != os.getpid()
+        assert next(value for ev_id, value, err in seen if ev_id == "after") != os.getpid()
         assert store.metrics() == (2, 2, 1)
 
 

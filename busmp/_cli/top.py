@@ -59,7 +59,8 @@ def render_store(stats: Stats, previous: Stats | None, width: int) -> list[str]:
              ""]
     held = stats.slots - stats.free_slots
     span = max(10, min(50, width - 40))
-    lines.append(f"  ring     {bar(held / max(stats.slots, 1), span)} {count(held)} of {count(stats.slots)} events held")
+    ring_bar = bar(held / max(stats.slots, 1), span)
+    lines.append(f"  ring     {ring_bar} {count(held)} of {count(stats.slots)} events held")
     if stats.workers:
         lines += ["", "  workers                          events/s (bar: share of the busiest)   handled"]
         elapsed = stats.updated - previous.updated if previous is not None else 0.0

@@ -15,7 +15,7 @@ import contextlib
 import gc
 import pickle
 from collections.abc import Iterator
-from itertools import repeat
+from itertools import pairwise, repeat
 from operator import attrgetter, is_
 from typing import Any
 
@@ -165,7 +165,7 @@ def _runs(routes: list[int]) -> list[tuple[int, int]]:
         return []
     words = np.fromiter(routes, dtype=np.int64, count=len(routes))
     cuts = [0, *(np.flatnonzero(words[1:] != words[:-1]) + 1).tolist(), len(routes)]
-    return list(zip(cuts, cuts[1:]))
+    return list(pairwise(cuts))
 
 
 def _routes_of(events: list[Event], ctx: Context | None) -> list[int]:

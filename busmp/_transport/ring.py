@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import os
 import struct
-from collections import deque
 from collections.abc import Sequence
 from multiprocessing import shared_memory
 from functools import cache

@@ -175,7 +175,8 @@ class InlineExecutor:
 
             def emit(event: Event, ctx: Context) -> None:
                 host.accept_followup(event, ctx)
-                followups.append(([event], ctx if ctx is not None else BACKGROUND, 0, None, None))
+                followup: Run = ([event], ctx if ctx is not None else BACKGROUND, 0, None, None)
+                followups.append(followup)  # noqa: B023 - emit is called within this iteration only
 
             submissions = [run[4] for run in runs if run[4] is not None]
             deferred: list[Continuation] = []

@@ -13,7 +13,7 @@ import io
 import time
 import types
 from collections import ChainMap
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import cloudpickle
 
@@ -160,5 +160,5 @@ def _code_keeping_filename(code: types.CodeType) -> Any:
 
 
 class _RoutesPickler(cloudpickle.Pickler):  # type: ignore[misc]
-    dispatch_table = ChainMap({types.CodeType: _code_keeping_filename}, cloudpickle.Pickler.dispatch_table,
-                              copyreg.dispatch_table)
+    dispatch_table: ClassVar[ChainMap[Any, Any]] = ChainMap(
+        {types.CodeType: _code_keeping_filename}, cloudpickle.Pickler.dispatch_table, copyreg.dispatch_table)

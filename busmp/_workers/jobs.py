@@ -90,9 +90,9 @@ class Planner:
         is free, so a publish is cut into several jobs per worker."""
         worker = min(range(self.workers), key=queued.__getitem__)
         table, ring = self._slots, self._slots.ring
-        if len(listed) <= SMALL_PUBLISH and not routes.batches:
-            if sum(table.live[s] for s in listed) <= SMALL_PUBLISH:
-                return self._plan_small(listed, routes, ticket, worker)
+        if len(listed) <= SMALL_PUBLISH and not routes.batches \
+                and sum(table.live[s] for s in listed) <= SMALL_PUBLISH:
+            return self._plan_small(listed, routes, ticket, worker)
         slots = np.array(listed, dtype=np.int64)
         starts = np.fromiter((table.first[s] for s in listed), np.int64, len(listed))
         sizes = np.fromiter((table.live[s] for s in listed), np.int64, len(listed))

@@ -360,8 +360,7 @@ class Worker:
                 projection = event.projection
                 chain = chains(projection)
                 several = len(chain) > 1
-            call = 0
-            for fn, name in chain:
+            for call, (fn, name) in enumerate(chain):
                 try:
                     result = fn(ctx, event)
                 except BaseException as exc:  # the worker must outlive its handlers
@@ -374,9 +373,8 @@ class Worker:
                         report(pos, name, NO_RESULT if result is None else result, None, call)
                     else:
                         quiet += 1
-                call += 1
                 if several:
-                    words[base + CUR_CALL] = call_word(pos, call)
+                    words[base + CUR_CALL] = call_word(pos, call + 1)  # the calls done so far
             words[base + CUR_PROCESSED] = quiet
             pos += 1
             words[base + CUR_POS] = pos  # last: from here a crash spares this event
