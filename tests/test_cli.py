@@ -365,7 +365,8 @@ def test_demo_draws_a_progress_bar_in_a_terminal():
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
     process = subprocess.Popen([sys.executable, "-m", "busmp", "demo", "--events", "6", "--workers", "2"],
-                               stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+                               stdin=slave, stdout=slave, stderr=slave, cwd=ROOT,
+                               env={**os.environ, "PYTHONPATH": ROOT})
     os.close(slave)
     output = b""
     try:

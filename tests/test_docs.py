@@ -102,7 +102,8 @@ def signature_problems(documented: ast.arguments, real: inspect.Signature, where
         if (expr is not None) != has_default:
             problems.append(f"{where}: parameter {name!r} {'has' if has_default else 'has no'} default in the code")
         elif expr is not None:
-            value = eval(compile(ast.Expression(expr), "<reference>", "eval"), vars(busmp))  # noqa: S307
+            # a default as the README writes it, evaluated among busmp's names
+            value = eval(compile(ast.Expression(expr), "<reference>", "eval"), vars(busmp))
             if value != param.default:
                 problems.append(f"{where}: {name}={ast.unparse(expr)} in the reference, {param.default!r} in the code")
     return problems
@@ -192,7 +193,8 @@ def test_the_check_fails_when_a_public_name_is_left_out(name):
 
 def test_the_check_fails_when_a_signature_is_wrong():
     text = README.read_text(encoding="utf-8")
-    wrong = text.replace("`with_retry(retries, backoff=None) -> Middleware`", "`with_retry(retries, delay=None) -> Middleware`")
+    wrong = text.replace("`with_retry(retries, backoff=None) -> Middleware`",
+                         "`with_retry(retries, delay=None) -> Middleware`")
     assert wrong != text, "the reference's with_retry row changed; update this test's sample"
     assert any("busmp.with_retry" in p for p in check_reference(wrong))
     wrong = text.replace("policy=DROP_OLDEST, *", "policy=BLOCK, *")

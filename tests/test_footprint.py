@@ -70,7 +70,7 @@ def documented_mib(pattern: str) -> int:
 def test_the_readme_states_what_a_default_store_maps(dispatcher):
     base, per_worker = footprint()[0], documented_mib(r"plus (\d+) MiB per worker")
     ring = documented_mib(r"default store maps (\d+) MiB")
-    with EventStore(dispatcher) as store:
+    with EventStore(dispatcher):
         sync_mapped = footprint()[0] - base
         with EventStore(dispatcher, workers=2):
             two_mapped = footprint()[0] - base - sync_mapped

@@ -31,7 +31,8 @@ def test_every_package_under_busmp_is_in_the_wheel():
     if isinstance(declared, list):
         missing = sorted(on_disk - set(declared))
         assert not missing, (f"pyproject.toml's [tool.setuptools] packages leaves out {missing}: the wheel "
-                             "would lack them; list them, or use [tool.setuptools.packages.find] include = [\"busmp*\"]")
+                             "would lack them; list them, or use [tool.setuptools.packages.find] "
+                             "include = [\"busmp*\"]")
     else:
         include = declared["find"].get("include", ["*"])
         missing = sorted(p for p in on_disk if not any(fnmatch.fnmatch(p, pattern) for pattern in include))
