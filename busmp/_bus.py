@@ -787,17 +787,16 @@ def _loop_running() -> bool:
 def async_projections(routes: Routes) -> frozenset[Hashable]:
     """Projections with an ``async def`` handler or batch handler (cached on the snapshot).
     A middleware that makes a handler async is seen only when it runs (see ``_pipeline``)."""
-    cached: frozenset[Hashable] | None = getattr(routes, "_async", None)
-    if cached is None:
-        cached = frozenset(
+    if routes.async_set is None:
+        routes.async_set = frozenset(
             [p for p, hs in routes.handlers.items() if any(map(_is_async, hs))]
             + [p for p, rs in routes.batches.items() if any(_is_async(r.handler) for r in rs)])
-        routes._async = cached  # type: ignore[attr-defined]
-    return cached
+    return routes.async_set
 
 
 def _is_async(fn: object) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    # an instance whose __call__ is async: callable() cannot tell
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
 
 
 def _wake(waiters: list[asyncio.Future[None]]) -> None:

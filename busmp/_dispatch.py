@@ -129,6 +129,8 @@ class Routes:
     # and as a numpy array (typed ``Any``: this module must not import numpy, workers load it).
     hash_set: frozenset[int] | None = field(default=None, init=False, repr=False, compare=False)
     hash_array: Any = field(default=None, init=False, repr=False, compare=False)
+    # The projections with an async handler (``_bus.async_projections``), likewise the parent's.
+    async_set: frozenset[Hashable] | None = field(default=None, init=False, repr=False, compare=False)
 
     def handler_hashes(self) -> frozenset[int]:
         """Hashes of the projections with per-event handlers (what the planner routes on)."""
@@ -148,7 +150,7 @@ class Routes:
         # Only what a worker needs: chains are rebuilt where they run, and the planner's
         # caches (numpy arrays) stay in the parent, so a worker never imports numpy for them.
         return {"handlers": self.handlers, "batches": self.batches, "middleware": self.middleware, "_chains": {},
-                "hash_set": None, "hash_array": None}
+                "hash_set": None, "hash_array": None, "async_set": None}
 
 
 def wrap(handler: Handler, middleware: Sequence[Middleware]) -> Handler:

@@ -181,9 +181,7 @@ def run_runs(runs: Sequence[Run], routes: Routes, observer: Counter, emit: Emitt
                         unhandled += 1
                         lonely.add(projection)
                     continue
-                call = 0
-                for fn, name in chain:
-                    call += 1
+                for call, (fn, name) in enumerate(chain, 1):  # call: how many of the chain have started
                     item = None
                     if before is not None:
                         item = Item(event, ctx, attempts, ticket, -1, submission)

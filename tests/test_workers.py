@@ -494,14 +494,16 @@ def test_a_worker_process_starts_without_numpy_cloudpickle_psutil_or_the_store()
 def test_routes_travel_without_the_planners_numpy_caches():
     import pickle
 
+    from busmp._bus import async_projections
     from busmp._dispatch import Routes
     from busmp._workers.jobs import _handler_hashes
 
     routes = Routes(handlers={"p": (print,), "none": ()})
     assert len(_handler_hashes(routes)) == 1  # the planner caches a numpy array on the routes
     assert routes.handler_hashes() == {hash("p")} and routes.hash_array is not None
+    assert async_projections(routes) == frozenset() and routes.async_set is not None
     assert b"numpy" not in pickle.dumps(routes, 5)
     travelled = pickle.loads(pickle.dumps(routes, 5))
     assert travelled.chains("p")[0][1].endswith("print")
-    assert travelled.hash_set is None and travelled.hash_array is None
+    assert travelled.hash_set is None and travelled.hash_array is None and travelled.async_set is None
     assert travelled == Routes(handlers={"p": (print,), "none": ()})  # caches take no part in equality
