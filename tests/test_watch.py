@@ -276,7 +276,7 @@ def test_read_stats_in_another_process_moves_while_workers_run():
         assert len(set(processed)) >= 3, f"expected the count to move while watched: {processed}"
         assert processed[-1] == 1500
         assert any("busy" in s[2] for s in seen)
-        for _, handled, states, since, updated in seen:
+        for _, _handled, states, since, _updated in seen:
             for state, at in zip(states, since):
                 if state == "busy":  # since when: this job's start, before the reader looked
                     assert 0 < at <= time.time()
