@@ -5,8 +5,9 @@ in cbreak mode (``termios``/``tty``), so that ``q`` quits at once, with no depen
 ssh. Ctrl-C quits as well. The terminal is restored on every way out, and when stdout is not a
 terminal the frames are simply printed one after another.
 
-Per-worker rates are the difference of two snapshots of each worker's handled count; the
-store's rates are its own (over its last second).
+Per-worker rates are the difference between snapshots of each worker's handled count taken
+``WORKER_RATE_SECONDS`` apart (a worker writes its count as each job ends, and a job may hold
+thousands of events); the store's rates are its own (over its last second).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import select
 import shutil
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
@@ -32,6 +34,7 @@ ENTER, LEAVE = "\x1b[?1049h\x1b[?25l", "\x1b[?25h\x1b[?1049l"  # alternate scree
 HOME, CLEAR_LINE, CLEAR_REST = "\x1b[H", "\x1b[K", "\x1b[J"
 QUIT_KEYS = {"q", "Q", "\x03", "\x04"}  # q, Ctrl-C, Ctrl-D
 STALE_SECONDS = 2.0  # figures older than this are marked as such
+WORKER_RATE_SECONDS = 5.0  # per-worker rates span this much of the past
 
 
 def bar(fraction: float, width: int) -> str:
@@ -41,7 +44,8 @@ def bar(fraction: float, width: int) -> str:
 
 
 def render_store(stats: Stats, previous: Stats | None, width: int) -> list[str]:
-    """The lines of the one-store view."""
+    """The lines of the one-store view; ``previous``: a snapshot some seconds older, for the
+    per-worker rates."""
     clock = time.strftime("%H:%M:%S")
     head = f"busmp top: {stats.name}  (pid {stats.pid}, {stats.workers} workers, {stats.state})"
     age = time.time() - stats.updated
@@ -62,7 +66,7 @@ def render_store(stats: Stats, previous: Stats | None, width: int) -> list[str]:
     ring_bar = bar(held / max(stats.slots, 1), span)
     lines.append(f"  ring     {ring_bar} {count(held)} of {count(stats.slots)} events held")
     if stats.workers:
-        lines += ["", "  workers                          events/s (bar: share of the busiest)   handled"]
+        lines += ["", "  workers                            events/s over 5 s (bar: of the busiest)   handled"]
         elapsed = stats.updated - previous.updated if previous is not None else 0.0
         rates = []
         for k, handled in enumerate(stats.per_worker):
@@ -157,7 +161,7 @@ def run_top(name: str | None, interval: float = 0.5, out: TextIO | None = None) 
     gone: str | None = None
     try:
         with screen(out) as live:
-            previous: Stats | None = None
+            history: deque[Stats] = deque()
             while True:
                 width = shutil.get_terminal_size((100, 24)).columns
                 if name is None:
@@ -168,8 +172,10 @@ def run_top(name: str | None, interval: float = 0.5, out: TextIO | None = None) 
                     except KeyError:
                         gone = f"busmp: store {name!r} is gone (drained, or its process ended)"
                         break
-                    lines = render_store(stats, previous, width)
-                    previous = stats
+                    history.append(stats)
+                    while len(history) > 2 and stats.updated - history[1].updated >= WORKER_RATE_SECONDS:
+                        history.popleft()
+                    lines = render_store(stats, history[0] if len(history) > 1 else None, width)
                 draw(out, lines, live)
                 if wait_for_key(interval):
                     break
