@@ -50,7 +50,8 @@ class EventStore:
     """An event bus over a shared-memory slot ring; see the package docstring for the data flow.
 
     ``EventStore(dispatcher, buffer_size=1 << 16, policy=DROP_OLDEST, *, workers=0, dlq=None,
-    slot_size=512, start_method=None, name=None, check_pickle=True)``
+    slot_size=512, start_method=None, name=None, check_pickle=True, backend="processes",
+    ray_actor_options=None)``
 
     * ``buffer_size``: how many events the ring holds (a power of two). When it is full the
       ``policy`` decides: ``DROP_OLDEST`` (the default, as in GoEventBus) discards the oldest
@@ -68,17 +69,27 @@ class EventStore:
       the pickle) to refuse, with a ``TypeError``, an event that could not travel to a worker,
       so that a program moves to ``workers=N`` unchanged. ``False`` skips that check for a
       purely in-process bus: faster, and events that hold locks or open files are accepted.
+    * ``backend``: ``"processes"`` (the default) runs local worker processes fed from shared
+      memory; ``"ray"`` runs the handlers in ``workers`` Ray actors, on the cluster this process
+      is connected to (or a local one it starts), with ``ray_actor_options`` (a dict) passed to
+      the actors' ``.options()``. Needs ``pip install 'busmp[ray]'``.
     """
 
     def __init__(self, dispatcher: Dispatcher, buffer_size: int = 1 << 16,
                  policy: OverrunPolicy = OverrunPolicy.DROP_OLDEST, *, workers: int = 0,
                  dlq: DeadLetterQueue | None = None, slot_size: int = DEFAULT_SLOT_SIZE,
-                 start_method: str | None = None, name: str | None = None, check_pickle: bool = True) -> None:
+                 start_method: str | None = None, name: str | None = None, check_pickle: bool = True,
+                 backend: str = "processes", ray_actor_options: dict[str, Any] | None = None) -> None:
         _validate(dispatcher, buffer_size, policy, workers, dlq)
         _validate_start_method(start_method)
         if not check_pickle and workers:
             raise ValueError("check_pickle=False is for sync mode (workers=0) only: with workers every "
                              "event is pickled to travel; drop the option or use workers=0")
+        _validate_backend(backend, workers, ray_actor_options)
+        if backend == "ray":
+            from ._ray.cluster import require_ray
+
+            require_ray()  # ImportError naming the extra, before anything is made
         name = _stats.check_name(name) if name is not None else f"bus-{os.getpid()}-{next(_store_numbers)}"
         _stats.sweep()  # blocks of this user's stores that were killed
         prefix = _shm.new_prefix()
@@ -93,7 +104,7 @@ class EventStore:
             raise
         bus.accounting.dlq = dlq
         try:
-            bus.executor = _make_executor(bus, workers, start_method, prefix)
+            bus.executor = _make_executor(bus, workers, start_method, prefix, backend, ray_actor_options)
         except BaseException:
             bus.slots.close()
             block.close()
@@ -392,9 +403,15 @@ def bus_of(store: EventStore) -> Bus:
     return store._bus
 
 
-def _make_executor(bus: Bus, workers: int, start_method: str | None, prefix: str) -> Executor:
+def _make_executor(bus: Bus, workers: int, start_method: str | None, prefix: str, backend: str,
+                   ray_actor_options: dict[str, Any] | None) -> Executor:
     if workers == 0:
         return InlineExecutor(bus)
+    if backend == "ray":
+        from ._ray.cluster import check_actor_options
+        from ._ray.executor import RayExecutor
+
+        return RayExecutor(bus, workers, check_actor_options(ray_actor_options), prefix)
     from ._workers.pool import ProcessExecutor
 
     return ProcessExecutor(bus, workers, start_method, prefix)
@@ -441,6 +458,23 @@ def _validate(dispatcher: object, buffer_size: object, policy: object, workers: 
         raise ValueError(f"workers must be an int >= 0 (0 runs handlers inline), got {workers!r}")
     if dlq is not None and not isinstance(dlq, DeadLetterQueue):
         raise TypeError(f"dlq must be a DeadLetterQueue or None, got {type(dlq).__name__}")
+
+
+BACKENDS = ("processes", "ray")
+
+
+def _validate_backend(backend: object, workers: int, ray_actor_options: object) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "ray" and workers == 0:
+        raise ValueError("backend='ray' runs handlers in Ray actors: pass workers=N (N >= 1 actors); "
+                         "workers=0 runs them in the calling thread, with no backend")
+    if ray_actor_options is not None:
+        if backend != "ray":
+            raise ValueError("ray_actor_options applies to backend='ray' only")
+        from ._ray.cluster import check_actor_options
+
+        check_actor_options(ray_actor_options)
 
 
 def _validate_start_method(start_method: object) -> None:

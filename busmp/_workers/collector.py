@@ -22,8 +22,9 @@ import pickle
 import select
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._errors import RemoteError
 from .._event import Event
@@ -31,12 +32,15 @@ from .._transport.codec import DECODE_HANDLER, UNDECODABLE, decode_event
 from .._transport.records import (
     ASYNC, ASYNC_REC, DONE, DONE_REC, FOLLOWUP, FOLLOWUP_HEAD, OUTCOME, OUTCOME_HEAD, PARKED, PARKED_REC,
 )
+from .._transport.packing import Encoded
+from .executor import Host
+from .jobs import Job
 from .processes import WorkerHandle, is_dead
 
 if TYPE_CHECKING:
     from .pool import ProcessExecutor
 
-__all__ = ["Collector"]
+__all__ = ["Collector", "Book", "take_record"]
 
 log = logging.getLogger("busmp")
 POLL_SECONDS = 1.0  # a wake-up with nothing to read re-checks every worker, to be safe
@@ -133,55 +137,73 @@ class Collector:
         self._pool.place_backlog()
 
     def read_channel(self, handle: WorkerHandle) -> None:
-        pool = self._pool
-        accounting = pool.host.accounting
         results = handle.results
         while (record := results.get()) is not None:
-            kind, payload = record
-            if kind == DONE:
-                job_id, quiet, _ = DONE_REC.unpack(payload)
-                accounting.count(quiet, 0)
-                job = pool.jobs.get(job_id)
-                if job is not None:
-                    pool.finish(job)
-            elif kind == OUTCOME:
-                job_id, pos, name_len, _failed, call = OUTCOME_HEAD.unpack_from(payload)
-                name = payload[OUTCOME_HEAD.size: OUTCOME_HEAD.size + name_len].decode()
-                result, error = _load_outcome(payload[OUTCOME_HEAD.size + name_len:], name)
-                job = pool.jobs.get(job_id)
-                if job is not None:
-                    if job.awaiting is not None and pos in job.awaiting:
-                        job.awaiting[pos] = call + 1  # from the worker's event loop, in call order
-                    else:
-                        job.reported_at = job.reported_at + 1 if job.reported[0] == pos else 1
-                        job.reported = (pos, call)
-                    pool.settle(job, pos, name, result, error, counted=False)
-            elif kind == ASYNC:
-                job_id, pos, call = ASYNC_REC.unpack(payload)
-                job = pool.jobs.get(job_id)
-                if job is not None:
-                    if job.awaiting is None:
-                        job.awaiting = {}
-                    job.awaiting[pos] = call
-            elif kind == PARKED:
-                job_id, quiet = PARKED_REC.unpack(payload)
-                accounting.count(quiet, 0)
-                job = pool.jobs.get(job_id)
-                if job is not None:
-                    pool.park(job)
-            elif kind == FOLLOWUP:
-                (flags,) = FOLLOWUP_HEAD.unpack_from(payload)
-                self._accept_followup(bytes(payload[FOLLOWUP_HEAD.size:]), flags)
+            take_record(self._pool, *record)
 
-    def _accept_followup(self, payload: bytes, flags: int) -> None:
-        pool = self._pool
-        try:
-            event, _ctx, _attempts = decode_event(payload, flags)
-        except Exception as exc:
-            pool.host.accounting.dead_letter(Event(UNDECODABLE, payload), exc, 1, DECODE_HANDLER)
-            return
-        pool.host.count_followup()
-        pool.backlog.append((payload, flags, hash(event.projection), [], 1))
+
+class Book(Protocol):
+    """An executor's job bookkeeping, as the records of a worker reach it (the process pool's,
+    the Ray executor's)."""
+
+    host: Host
+    jobs: dict[int, Job]
+    backlog: deque[Encoded]
+
+    def settle(self, job: Job, pos: int, name: str, result: Any, error: BaseException | None,
+               counted: bool, cut: bool = False) -> None: ...
+    def finish(self, job: Job) -> None: ...
+    def park(self, job: Job) -> None: ...
+
+
+def take_record(book: Book, kind: int, payload: bytes) -> None:
+    """One record a worker reported: a finished job, an outcome, an awaiting event, a parked
+    job, or a follow-up."""
+    accounting = book.host.accounting
+    if kind == DONE:
+        job_id, quiet, _ = DONE_REC.unpack(payload)
+        accounting.count(quiet, 0)
+        job = book.jobs.get(job_id)
+        if job is not None:
+            book.finish(job)
+    elif kind == OUTCOME:
+        job_id, pos, name_len, _failed, call = OUTCOME_HEAD.unpack_from(payload)
+        name = payload[OUTCOME_HEAD.size: OUTCOME_HEAD.size + name_len].decode()
+        result, error = _load_outcome(payload[OUTCOME_HEAD.size + name_len:], name)
+        job = book.jobs.get(job_id)
+        if job is not None:
+            if job.awaiting is not None and pos in job.awaiting:
+                job.awaiting[pos] = call + 1  # from the worker's event loop, in call order
+            else:
+                job.reported_at = job.reported_at + 1 if job.reported[0] == pos else 1
+                job.reported = (pos, call)
+            book.settle(job, pos, name, result, error, counted=False)
+    elif kind == ASYNC:
+        job_id, pos, call = ASYNC_REC.unpack(payload)
+        job = book.jobs.get(job_id)
+        if job is not None:
+            if job.awaiting is None:
+                job.awaiting = {}
+            job.awaiting[pos] = call
+    elif kind == PARKED:
+        job_id, quiet = PARKED_REC.unpack(payload)
+        accounting.count(quiet, 0)
+        job = book.jobs.get(job_id)
+        if job is not None:
+            book.park(job)
+    elif kind == FOLLOWUP:
+        (flags,) = FOLLOWUP_HEAD.unpack_from(payload)
+        _accept_followup(book, bytes(payload[FOLLOWUP_HEAD.size:]), flags)
+
+
+def _accept_followup(book: Book, payload: bytes, flags: int) -> None:
+    try:
+        event, _ctx, _attempts = decode_event(payload, flags)
+    except Exception as exc:
+        book.host.accounting.dead_letter(Event(UNDECODABLE, payload), exc, 1, DECODE_HANDLER)
+        return
+    book.host.count_followup()
+    book.backlog.append((payload, flags, hash(event.projection), [], 1))
 
 
 def _load_outcome(body: bytes, handler: str) -> tuple[Any, BaseException | None]:

@@ -31,7 +31,7 @@ import signal
 import threading
 import time
 from collections.abc import Awaitable, Hashable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._transport.channel import Channel
 from .._transport.codec import DECODE_HANDLER, FLAG_REPORT, decode_events, dumps, encode_event, portable_exception
@@ -50,7 +50,7 @@ from .._transport.stats import BUSY, IDLE, W_HANDLED, W_JOBS, WorkerLine
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["worker_main", "Worker", "AWAITING_MAX"]
+__all__ = ["worker_main", "Worker", "AWAITING_MAX", "Controls"]
 
 #: Continuations (events, or batch calls, whose handlers await) one worker runs at once. The
 #: bound keeps memory and the loop's turn time in check; it is far above what a job holds, so
@@ -92,6 +92,13 @@ class Worker:
         os.set_blocking(doorbell_fd, False)
         os.set_blocking(notify_fd, False)
         self.owner = owner
+        self.start_running(jobs)
+
+    def start_running(self, controls: Controls) -> None:
+        """The state of running handlers, with the control words its progress goes to. The
+        Ray actor (``busmp._ray.actor``) runs handlers with this class too: it calls this
+        alone, and overrides :meth:`read_slot`, :meth:`put_result` and :meth:`notify_parent`."""
+        self.controls = controls
         self.routes = Routes()
         self.last_decoded: tuple[tuple[int, int], Decoded | None] = ((-1, -1), None)
         self.want_outcomes = False
@@ -111,8 +118,8 @@ class Worker:
         self.wake: asyncio.Future[bool] | None = None
         self.waiting_for = _FOR_JOBS
         self.reporting: set[int] = set()  # positions of the batch job whose every outcome is wanted
-        jobs.set_control(PID, os.getpid())
-        self.progress = jobs.control_words()
+        controls.set_control(PID, os.getpid())
+        self.progress = controls.control_words()
         self.line: WorkerLine | None = None
         self.handled_before = 0
         self.jobs_done = 0
@@ -215,7 +222,7 @@ class Worker:
         if self.ordered:
             self.event_loop().run_until_complete(continuation.run())
             return
-        self.results.put(ASYNC, ASYNC_REC.pack(self.job, pos, call), self.wait_for_parent)
+        self.put_result(ASYNC, ASYNC_REC.pack(self.job, pos, call))
         self.start(continuation)
 
     def defer_batch(self, continuation: Continuation) -> None:
@@ -226,7 +233,7 @@ class Worker:
             return
         assert isinstance(continuation, BatchRest)
         for item in continuation.chunk:
-            self.results.put(ASYNC, ASYNC_REC.pack(self.job, item.token, 0), self.wait_for_parent)
+            self.put_result(ASYNC, ASYNC_REC.pack(self.job, item.token, 0))
         continuation.observer = _Reporter(self, self.job, 0, False)
         self.start(continuation)
 
@@ -286,7 +293,7 @@ class Worker:
         self.entries, self.quiet = entries, 0
         if self.reporting:
             self.reporting = set()
-        jobs = self.jobs
+        jobs = self.controls
         jobs.set_control(CUR_POS, 0)
         jobs.set_control(CUR_CALL, 0)
         jobs.set_control(CUR_PROCESSED, 0)
@@ -299,20 +306,20 @@ class Worker:
         events = sum(stop - start for _, _, start, stop in self.entries)
         if self.job_awaits.get(self.job):  # some of its events await: parked until they end
             self.parked[self.job] = events
-            self.results.put(PARKED, PARKED_REC.pack(self.job, self.quiet), self.wait_for_parent)
+            self.put_result(PARKED, PARKED_REC.pack(self.job, self.quiet))
             return
         self.done(self.job, events, self.quiet)
 
     def done(self, job: int, events: int, quiet: int) -> None:
         self.handled += events
-        self.jobs.set_control(HANDLED, self.handled)  # before DONE: flush() may return on DONE
+        self.controls.set_control(HANDLED, self.handled)  # before DONE: flush() may return on DONE
         line = self.line
         if line is not None:
             self.jobs_done += 1
             line.set(W_HANDLED, self.handled_before + self.handled)
             line.set(W_JOBS, self.jobs_done)
             line.set_state(IDLE, time.time())
-        self.results.put(DONE, DONE_REC.pack(job, quiet, 0), self.wait_for_parent)
+        self.put_result(DONE, DONE_REC.pack(job, quiet, 0))
 
     def run_events(self, job: int, entries: list[Entry]) -> None:
         self.start_job(job, entries)
@@ -387,13 +394,13 @@ class Worker:
         if self.last_decoded[0] == (slot, seq):
             return self.last_decoded[1]
         try:
-            payload, flags, buffers = self.ring.read(slot, seq)
+            payload, flags, buffers = self.read_slot(slot, seq)
             events, ctx, attempts = decode_events(payload, flags, buffers)
             report = bool(flags & FLAG_REPORT)
         except Exception as exc:
             for n in range(count):
                 self.report(pos + n, DECODE_HANDLER, None, exc, WHOLE_EVENT)
-            self.jobs.set_control(CUR_POS, pos + count)
+            self.controls.set_control(CUR_POS, pos + count)
             return None
         decoded = (events, ctx if ctx is not None else BACKGROUND, attempts, report)
         self.last_decoded = ((slot, seq), decoded)
@@ -446,11 +453,19 @@ class Worker:
             body = dumps((None, error))[0]
         name = handler.encode()[:0xFFFF]
         head = OUTCOME_HEAD.pack(self.job if job is None else job, pos, len(name), error is not None, call)
-        self.results.put(OUTCOME, head + name + body, self.wait_for_parent)
+        self.put_result(OUTCOME, head + name + body)
 
     def emit(self, event: Event, ctx: Context) -> None:
         payload, flags, _ = encode_event(event, ctx if ctx is not BACKGROUND else None, out_of_band=False)
-        self.results.put(FOLLOWUP, FOLLOWUP_HEAD.pack(flags) + payload, self.wait_for_parent)
+        self.put_result(FOLLOWUP, FOLLOWUP_HEAD.pack(flags) + payload)
+
+    def read_slot(self, slot: int, seq: int) -> tuple[Any, int, list[Any]]:
+        """What a slot holds: payload, codec flags, out-of-band buffers."""
+        return self.ring.read(slot, seq)
+
+    def put_result(self, kind: int, payload: bytes) -> None:
+        """One record for the parent (an outcome, a follow-up, a finished job...)."""
+        self.results.put(kind, payload, self.wait_for_parent)
 
     def wait_for_parent(self) -> None:
         """The result channel is full: wake the parent and give it a moment."""
@@ -477,6 +492,13 @@ class _Reporter:
         self.worker.report(item.token, handler, result, error, self.call, self.job)
         if self.chain:
             self.call += 1
+
+
+class Controls(Protocol):
+    """Where a worker writes its progress words (a job channel's control words)."""
+
+    def set_control(self, i: int, value: int) -> None: ...
+    def control_words(self) -> tuple[Any, int]: ...
 
 
 class Owner:

@@ -1,0 +1,73 @@
+"""Ray, and the cluster a store uses.
+
+A store joins the cluster this process is connected to (``ray.init(address=...)`` called by
+the program), and leaves it running. With none, the first store starts a local one with
+``ray.init()``; that cluster is shut down when the last store using it drains (or is
+garbage-collected), since nobody else asked for it.
+"""
+
+from __future__ import annotations
+
+import threading
+from types import ModuleType
+from typing import Any
+
+__all__ = ["require_ray", "join", "leave", "check_actor_options"]
+
+INSTALL_HINT = "pip install 'busmp[ray]'"
+#: What each actor asks of the cluster unless ray_actor_options says otherwise: a CPU, so that
+#: N actors spread over the CPUs (and nodes) there are.
+DEFAULT_OPTIONS: dict[str, Any] = {"num_cpus": 1}
+
+_lock = threading.Lock()
+_users = 0          # stores using the cluster right now
+_started = False    # busmp started the cluster they use (so the last one out shuts it down)
+
+
+def require_ray() -> ModuleType:
+    """The ``ray`` module; ``ImportError`` naming the extra to install when it is missing."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ImportError(f"backend='ray' needs Ray, which is not installed here: {INSTALL_HINT} "
+                          "(on every machine of the cluster)") from exc
+    return ray
+
+
+def join() -> None:
+    """A store starts using the cluster: connect to a local new one if there is none."""
+    global _users, _started
+    ray = require_ray()
+    with _lock:
+        if not ray.is_initialized():
+            ray.init()
+            _started = True
+        elif _users == 0:
+            _started = False  # connected by the program: it is the program's to shut down
+        _users += 1
+
+
+def leave() -> None:
+    """A store stopped using the cluster; the last one out shuts down a cluster busmp started."""
+    global _users, _started
+    ray = require_ray()
+    with _lock:
+        _users -= 1
+        if _users == 0 and _started:
+            _started = False
+            if ray.is_initialized():
+                ray.shutdown()
+
+
+def check_actor_options(options: object) -> dict[str, Any]:
+    """``ray_actor_options`` as ``.options()`` gets them; ``TypeError``/``ValueError`` naming the fix."""
+    if options is None:
+        return dict(DEFAULT_OPTIONS)
+    if not isinstance(options, dict):
+        raise TypeError(f"ray_actor_options must be a dict (or None), got {type(options).__name__}")
+    for key in ("max_restarts", "max_task_retries"):
+        if options.get(key, 0) != 0:
+            raise ValueError(f"ray_actor_options[{key!r}] must be 0: busmp never runs an event twice on "
+                             "its own; an actor that dies is replaced and its events become dead letters "
+                             "(retry them with DeadLetterQueue.replay or with_retry)")
+    return {**DEFAULT_OPTIONS, **options}
