@@ -490,3 +490,10 @@ def test_stats_count_per_actor(make):
     assert sum(stats.per_worker) == 2000 and min(stats.per_worker) > 0
     assert stats.in_flight == 0 and stats.pending == 0 and stats.free_slots == stats.slots
 
+
+def test_the_example_exits_cleanly_naming_the_extra_where_ray_is_missing():
+    example = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "ray_backend.py")
+    script = f"import sys, runpy; sys.modules['ray'] = None; runpy.run_path({example!r}, run_name='__main__')"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'busmp[ray]'" in done.stdout

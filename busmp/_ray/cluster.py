@@ -12,12 +12,13 @@ import threading
 from types import ModuleType
 from typing import Any
 
-__all__ = ["require_ray", "join", "leave", "check_actor_options"]
+__all__ = ["require_ray", "join", "leave", "check_actor_options", "actor_options"]
 
 INSTALL_HINT = "pip install 'busmp[ray]'"
-#: What each actor asks of the cluster unless ray_actor_options says otherwise: a CPU, so that
-#: N actors spread over the CPUs (and nodes) there are.
-DEFAULT_OPTIONS: dict[str, Any] = {"num_cpus": 1}
+#: Options of every actor unless ray_actor_options says otherwise: spread over the nodes. Its
+#: CPUs (``num_cpus``) default to one each, or an equal share of the cluster's when there are
+#: more actors than CPUs (see ``actor_options``).
+DEFAULT_OPTIONS: dict[str, Any] = {"scheduling_strategy": "SPREAD"}
 
 _lock = threading.Lock()
 _users = 0          # stores using the cluster right now
@@ -62,7 +63,7 @@ def leave() -> None:
 def check_actor_options(options: object) -> dict[str, Any]:
     """``ray_actor_options`` as ``.options()`` gets them; ``TypeError``/``ValueError`` naming the fix."""
     if options is None:
-        return dict(DEFAULT_OPTIONS)
+        return {}
     if not isinstance(options, dict):
         raise TypeError(f"ray_actor_options must be a dict (or None), got {type(options).__name__}")
     for key in ("max_restarts", "max_task_retries"):
@@ -70,4 +71,14 @@ def check_actor_options(options: object) -> dict[str, Any]:
             raise ValueError(f"ray_actor_options[{key!r}] must be 0: busmp never runs an event twice on "
                              "its own; an actor that dies is replaced and its events become dead letters "
                              "(retry them with DeadLetterQueue.replay or with_retry)")
-    return {**DEFAULT_OPTIONS, **options}
+    return dict(options)
+
+
+def actor_options(options: dict[str, Any], workers: int) -> dict[str, Any]:
+    """What each of ``workers`` actors asks of the cluster: the defaults, then ``options``."""
+    ray = require_ray()
+    merged = {**DEFAULT_OPTIONS, **options}
+    if "num_cpus" not in merged:
+        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        merged["num_cpus"] = min(1.0, round(cpus / workers, 2)) or 0.01
+    return merged

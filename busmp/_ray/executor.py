@@ -65,7 +65,7 @@ log = logging.getLogger("busmp")
 CALLS_IN_FLIGHT = 2       # calls an actor holds at once: one running, one on its way
 JOBS_PER_ACTOR = 4        # a publish is cut into at least this many calls per actor (balance)
 MAX_CALL = 2 * MAX_JOB    # events per call
-READY_SECONDS = 120.0     # how long a new store waits for its actors to start
+READY_SECONDS = 60.0      # how long a new store waits for its actors to start
 EARLY_DEATHS_ALLOWED = 3  # actors that die before starting, in a row, before we give up
 CRASH_HANDLER = "busmp.ray.actor"
 _STOP = object()
@@ -108,13 +108,13 @@ class RayExecutor:
         self._broken: str | None = None
         self._early_deaths = 0
         self._last_death: tuple[int, int | None] = (0, None)
-        self._options = options
         self._routes_cache: tuple[object, int, bytes] | None = None
         self._routes_id = 0
         self._arrivals: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.actors = [ActorSlot(i) for i in range(workers)]
         cluster.join()
         try:
+            self._options = cluster.actor_options(options, workers)
             for slot in self.actors:
                 self._start(slot)
             self._wait_ready(time.monotonic() + READY_SECONDS)
