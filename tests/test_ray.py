@@ -497,3 +497,17 @@ def test_the_example_exits_cleanly_naming_the_extra_where_ray_is_missing():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "pip install 'busmp[ray]'" in done.stdout
+
+
+def test_a_named_stores_shared_statistics_show_each_actor(make):
+    from busmp import read_stats
+
+    d = Dispatcher()
+    d.register("s", lambda ctx, event: None)
+    store = make(d, name="ray-stats")
+    store.subscribe_many([Event("s", i) for i in range(500)])
+    store.publish()
+    store.flush(FLUSH)
+    shared = read_stats("ray-stats")
+    assert shared.per_worker == store.stats().per_worker
+    assert sum(shared.per_worker) == 500
