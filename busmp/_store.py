@@ -444,6 +444,7 @@ def _abandon(bus: Bus, scheduler: Scheduler, ticker: StatsTicker) -> None:
                                     "`with EventStore(...)`) so that its events finish"))
     bus.slots.close()
     bus.stats_block.close()
+    bus.executor.detach()
 
 
 def _validate(dispatcher: object, buffer_size: object, policy: object, workers: object, dlq: object) -> None:

@@ -42,7 +42,7 @@ def main() -> int:
         store.subscribe_many(Event("crunch", n) for n in range(100_000, 100_400))
         store.publish()
         store.flush()
-        print(store.metrics())
+        print(store.metrics())  # Metrics(published=400, processed=400, errors=0)
     for (host, pid), count in sorted(where.items()):
         print(f"{count:4d} events handled on {host}, actor pid {pid}")
     return 0

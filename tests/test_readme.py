@@ -11,6 +11,7 @@ the default start method (forkserver) exactly as they do for a user.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import re
@@ -77,6 +78,8 @@ def test_example_runs_and_prints_what_its_comments_claim(path):
     source = path.read_text(encoding="utf-8")
     expected = claims(source)
     assert expected, f"{path.name} states no claim: end a print(...) line with '# <what it prints>'"
+    if path.name == "ray_backend.py" and importlib.util.find_spec("ray") is None:
+        pytest.skip("Ray is not installed (pip install 'busmp[ray]'); test_ray checks what the example says then")
     with tempfile.TemporaryDirectory() as outside:
         proc = subprocess.Popen([sys.executable, str(path)], cwd=outside, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -481,3 +481,21 @@ def test_a_reader_process_leaves_the_block_alone_when_it_exits():
                                  capture_output=True, text=True, cwd=ROOT, timeout=60, check=True)
             assert out.stdout.strip() == name and "resource_tracker" not in out.stderr
         assert read_stats(name).name == name
+
+
+def test_a_closed_block_whose_owner_still_runs_is_not_swept_by_others():
+    """Between writing CLOSED and unlinking its block a store may take a while (stopping its
+    workers, shutting down a Ray cluster); a sweep in another store's creation must leave the
+    block to its owner, whose resource tracker would otherwise find it gone."""
+    store = EventStore(Dispatcher(), name="closing-owner")
+    block = busmp._store.bus_of(store).stats_block
+    try:
+        block.write_state(_stats.CLOSED, time.time(), (0.0, 0.0, 0.0, 0.0), 0, 0)
+        _stats.sweep()
+        assert os.path.exists(os.path.join("/dev/shm", _stats.block_name("closing-owner")))
+        with pytest.raises(KeyError):
+            read_stats("closing-owner")
+        assert "closing-owner" not in _stats.live_names()
+    finally:
+        store.drain()
+    assert not os.path.exists(os.path.join("/dev/shm", _stats.block_name("closing-owner")))

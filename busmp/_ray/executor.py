@@ -105,6 +105,7 @@ class RayExecutor:
         self.unassigned: deque[Job] = deque()
         self.closing = False
         self._released = False
+        self._detached = False
         self._broken: str | None = None
         self._early_deaths = 0
         self._last_death: tuple[int, int | None] = (0, None)
@@ -480,6 +481,13 @@ class RayExecutor:
                 return
             self._released = True
         self._kill_all()
+
+    def detach(self) -> None:
+        """The store released everything: stop using the cluster (once)."""
+        with self.lock:
+            if self._detached:
+                return
+            self._detached = True
         try:
             cluster.leave()
         except Exception:  # Ray shut down first (interpreter exit)

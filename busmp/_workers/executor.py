@@ -88,6 +88,10 @@ class Executor(Protocol):
     def abandon(self) -> None:
         """Stop and release everything at once, reporting nothing (the store is gone)."""
 
+    def detach(self) -> None:
+        """Last of all, once the store has released its memory: let go of what outlives the
+        store (the Ray backend shuts down a cluster it started, which takes a second or two)."""
+
     def per_worker(self) -> tuple[int, ...]: ...
 
 
@@ -209,6 +213,9 @@ class InlineExecutor:
         return None
 
     def abandon(self) -> None:
+        return None
+
+    def detach(self) -> None:
         return None
 
     def per_worker(self) -> tuple[int, ...]:

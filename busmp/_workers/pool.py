@@ -411,6 +411,9 @@ class ProcessExecutor:
         self._final_counts = self.per_worker()
         self._release_resources()
 
+    def detach(self) -> None:
+        return None  # nothing outlives the store
+
     def abandon(self) -> None:
         """The store was garbage-collected undrained: stop everything, report nothing."""
         with self.lock:
