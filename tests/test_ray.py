@@ -511,3 +511,34 @@ def test_a_named_stores_shared_statistics_show_each_actor(make):
     shared = read_stats("ray-stats")
     assert shared.per_worker == store.stats().per_worker
     assert sum(shared.per_worker) == 500
+
+
+_overlap = {"now": 0, "most": 0}  # in an actor: how many async handlers await at once
+
+
+async def overlapping(ctx, event):
+    import asyncio
+
+    _overlap["now"] += 1
+    _overlap["most"] = max(_overlap["most"], _overlap["now"])
+    await asyncio.sleep(0.05)
+    _overlap["now"] -= 1
+    return Result(value=(event.data * 2, _overlap["most"]))
+
+
+def test_async_def_handlers_are_awaited_in_the_actor_and_overlap_within_a_call(make):
+    d = Dispatcher()
+    d.register("a", overlapping)
+    store = make(d, workers=1)
+    seen = outcomes(store)
+    store.subscribe_many([Event("a", i) for i in range(40)])
+    store.publish()
+    store.flush(FLUSH)
+    assert sorted(value[0] for _, value, _ in seen) == [2 * i for i in range(40)]
+    assert max(value[1] for _, value, _ in seen) > 1  # events of one call awaited together
+    assert store.metrics() == (40, 40, 0)
+
+    with store.begin_transaction() as tx:  # a group keeps its order: awaited one at a time
+        for i in range(5):
+            tx.publish(Event("a", 100 + i))
+    assert [value[0] for data, value, _ in seen if data >= 100] == [200, 202, 204, 206, 208]
