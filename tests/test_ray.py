@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from busmp import (
-    BLOCK, Context, DeadLetterQueue, Dispatcher, Event, EventStore, Result, StoreClosed, WorkerCrashed,
+    BLOCK, DeadLetterQueue, Dispatcher, Event, EventStore, Result, StoreClosed, WorkerCrashed,
 )
 
 try:

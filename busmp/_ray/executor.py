@@ -530,8 +530,9 @@ def _module_of(fn: Any) -> ModuleType | None:
     return sys.modules.get(name) if isinstance(name, str) else None
 
 
-_INSTALLED = tuple({os.path.realpath(p) + os.sep for key in ("stdlib", "platstdlib", "purelib", "platlib")
-                    if (p := sysconfig.get_paths().get(key))} | {os.path.realpath(p) + os.sep for p in site.getsitepackages()})
+_INSTALLED = tuple({os.path.realpath(path) + os.sep for path in (
+    *(sysconfig.get_paths().get(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")),
+    *site.getsitepackages()) if path})
 
 
 def _is_programs_own(module: ModuleType) -> bool:
