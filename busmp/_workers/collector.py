@@ -7,7 +7,8 @@ Its loop has three named steps, as CPython's process-pool manager thread has:
 2. :meth:`Collector.read_results`: read every result channel: outcomes are settled through the
    bus's accounting (hooks, DLQ, metrics: here, in the parent), DONE records finish jobs and
    free their slots, follow-ups are placed into free slots as new work.
-3. :meth:`Collector.watch_deaths`: a worker that died is charged for what it held, and replaced.
+3. :meth:`Collector.watch_deaths`: a worker that died is charged for what it held, and replaced
+   (at once, or when its back-off is over: the loop starts due replacements as it comes round).
 
 A thread waiting in ``flush()`` may do step 2 itself for a moment (``read_for``): a short round
 trip then wakes one thread instead of two. ``reading`` makes sure one thread at a time reads
@@ -77,6 +78,7 @@ class Collector:
         watched: tuple[int, ...] = ()
         poller = select.poll()
         while True:
+            due = self._pool.start_due()  # replacements whose back-off is over
             handles = [h for h in self._pool.handles if h.process is not None]
             fds = (self._notify_r.fileno(), self._stop_r, *(h.watch_fd for h in handles))
             if fds != watched:  # a worker was replaced: watch its descriptor instead
@@ -84,7 +86,7 @@ class Collector:
                 for fd in fds:
                     poller.register(fd, select.POLLIN)
                 watched = fds
-            ready = self.wait_for_wakeup(poller)
+            ready = self.wait_for_wakeup(poller, POLL_SECONDS if due is None else min(due, POLL_SECONDS))
             try:
                 with self.reading:
                     self.read_results()
@@ -94,8 +96,8 @@ class Collector:
             except Exception:  # a bug in here must not stop every later result from arriving
                 log.exception("busmp collector: unexpected error; carrying on")
 
-    def wait_for_wakeup(self, poller: Any) -> set[int]:
-        ready = {fd for fd, _ in poller.poll(POLL_SECONDS * 1000)}
+    def wait_for_wakeup(self, poller: Any, seconds: float) -> set[int]:
+        ready = {fd for fd, _ in poller.poll(max(1, int(seconds * 1000)))}
         if self._notify_r.fileno() in ready:
             self._drain_notify()
         return ready

@@ -61,7 +61,9 @@ log = logging.getLogger("busmp")
 #: has busmp and numpy preloaded, so workers start nearly as fast as with fork.
 DEFAULT_START_METHOD = "forkserver" if sys.platform.startswith("linux") else "spawn"
 READY_SECONDS = 60.0      # how long a new store waits for its workers to start
-EARLY_DEATHS_ALLOWED = 3  # workers that die before starting, in a row, before we give up
+EARLY_DEATHS_ALLOWED = 3  # workers that fail to start, in a row, before we give up
+QUICK_DEATH_SECONDS = 1.0  # a second worker in a row that dies sooner than this is replaced...
+BACKOFF_SECONDS = (0.02, 1.0)  # ...after a back-off that doubles from the first value up to the second
 CRASH_HANDLER = "busmp.worker"
 
 
@@ -140,6 +142,9 @@ class ProcessExecutor:
 
     # -- submitting ---------------------------------------------------------------
     def check_routes(self, routes: Any, key: object) -> None:
+        """Before any event is taken: the routes must travel, and workers must be able to start."""
+        if self._broken is not None:
+            raise BusError(self._broken)
         self.feeder.routes_payload(routes, key)
 
     def submit(self, slots: Sequence[int], ticket: Ticket | None = None) -> None:
@@ -185,8 +190,9 @@ class ProcessExecutor:
         if no_jobs and ticket is not None:
             ticket.done.set()
         if self._broken is not None:
-            self._fail_orphans()  # nothing vanishes: what no worker can take becomes dead letters
-            raise BusError(self._broken)
+            # The events are taken: they become dead letters (nothing vanishes), and the next
+            # publish() raises, before it takes any (check_routes).
+            self._fail_orphans()
 
     def wait(self, ticket: Ticket, timeout: float | None) -> None:
         if not ticket.done.wait(timeout):
@@ -362,29 +368,78 @@ class ProcessExecutor:
             self._fail_orphans()
 
     def _fail_orphans(self) -> None:
-        """No replacement will start: once no worker is left, the jobs none holds are dead letters."""
+        """No replacement will start: once no worker is left, the jobs none holds are dead letters
+        (those waiting for any worker, and those written to the channel of a dead one)."""
         with self.lock:
-            if any(h.process is not None for h in self.handles):
+            if any(h.process is not None or h.restart_at is not None for h in self.handles):
                 return  # a live worker still takes them
             orphans = list(self.unassigned)
             self.unassigned.clear()
+            for handle in self.handles:
+                orphans.extend(handle.outstanding.values())
         for job in orphans:
             self._charge(job, (0, 0), WorkerCrashed(*self._last_death))
 
     def _replace(self, handle: WorkerHandle, pid: int, exitcode: int | None, started: bool) -> None:
-        log.warning("busmp store %r: worker %d (pid %s) died with exit code %s; starting a replacement",
-                    self.host.name, handle.index, pid, exitcode)
+        """Start a replacement in ``handle``'s position, at once or after a back-off.
+
+        Only a worker that exited by itself (an exit code >= 0) before it reported ready
+        (``PID``) failed to start: the main module or the worker's code could not be loaded,
+        and every replacement would fail the same way. A killed one (negative code: a signal,
+        or an unknown code) is replaced however often it happens; when deaths come quickly,
+        after a back-off, so that a killer of fresh workers does not make the pool spin.
+        """
         self._last_death = (pid, exitcode)
-        self._early_deaths = 0 if started else self._early_deaths + 1
+        failed_to_start = not started and exitcode is not None and exitcode >= 0
+        self._early_deaths = self._early_deaths + 1 if failed_to_start else 0
         if self._early_deaths >= EARLY_DEATHS_ALLOWED:
-            self._broken = (f"busmp worker processes die before starting (last exit code "
-                            f"{exitcode}); check that the main module can be imported "
-                            "by a child process (guard it with `if __name__ == '__main__':`)")
+            self._broken = _cannot_start(self.mp.get_start_method(), pid, exitcode)
             log.error("busmp store %r: %s; no more replacements", self.host.name, self._broken)
             return
-        self._start(handle)
-        log.info("busmp store %r: worker %d replaced: pid %s took over from pid %s", self.host.name,
-                 handle.index, handle.process.pid, pid)
+        quick = time.monotonic() - handle.started_at < QUICK_DEATH_SECONDS
+        handle.quick_deaths = handle.quick_deaths + 1 if quick else 0
+        delay = 0.0
+        if handle.quick_deaths > 1:  # the first is replaced at once: one crash costs no wait
+            first, most = BACKOFF_SECONDS
+            delay = min(first * 2 ** (handle.quick_deaths - 2), most)
+        log.warning("busmp store %r: worker %d (pid %s) died with exit code %s; starting a replacement%s",
+                    self.host.name, handle.index, pid, exitcode, f" in {delay:.2f} s" if delay else "")
+        handle.restart_at = time.monotonic() + delay
+        if not delay:
+            self._start_due()
+
+    def start_due(self) -> float | None:
+        """Start the replacements whose back-off is over (the collector calls this each time it
+        wakes); the seconds until the next one is due, None if none waits."""
+        with self.lock:
+            return self._start_due()
+
+    def _start_due(self) -> float | None:
+        if self.closing:
+            return None
+        now, next_due = time.monotonic(), None
+        for handle in self.handles:
+            due = handle.restart_at
+            if due is None:
+                continue
+            if due > now:
+                next_due = due - now if next_due is None else min(next_due, due - now)
+                continue
+            handle.restart_at = None
+            try:
+                self._start(handle)
+            except Exception:  # no process could be made now (too many processes, no memory)
+                log.exception("busmp store %r: could not start worker %d; trying again in 1 s",
+                              self.host.name, handle.index)
+                handle.restart_at = now + 1.0
+                next_due = 1.0 if next_due is None else min(next_due, 1.0)
+                continue
+            log.info("busmp store %r: worker %d replaced: pid %s took over", self.host.name,
+                     handle.index, handle.process.pid)
+            if handle.outstanding:  # jobs of a group written to its channel while it was down
+                processes.ring_doorbell(handle)
+            self.feeder.feed(set())
+        return next_due
 
     # -- shutting down ----------------------------------------------------------------
     def shutdown(self, timeout: float | None) -> None:

@@ -7,10 +7,11 @@ server itself is killed, every sentinel fires and every exit code reads 255 whil
 live on, and a replacement would then share a channel with a live reader. Where there is no
 pidfd (not Linux), the sentinel is all there is.
 
-A worker that dies before it reports ready (``READY`` in its job channel's control words) did
-not start: the main module or the routes could not be loaded there. Such deaths, several in a
-row, mean every replacement would die the same way; a process killed after it started is
-replaced with a short back-off instead, however often it happens.
+A worker that exits by itself before it reports ready (its pid in its job channel's control
+words, ``PID``, written once it has attached to the bus) did not start: the main module or the
+routes could not be loaded there. Such deaths, several in a row, mean every replacement would
+die the same way. A process killed by a signal is never a start-up failure, whenever it dies:
+it is replaced however often it happens, after a short back-off when deaths come quickly.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class WorkerHandle:
     parked: int = 0            # outstanding jobs whose handlers only await (not queued work)
     crashed_handled: int = 0   # events handled by earlier processes in this position
     started_at: float = 0.0
+    restart_at: float | None = None  # a replacement is due then (a back-off after quick deaths)
+    quick_deaths: int = 0      # deaths in a row of processes that lived less than a second here
 
     @property
     def watch_fd(self) -> int:
