@@ -66,6 +66,9 @@ NOT_DISPATCHED = "busmp.EventStore.drain"
 DROP_LOG_SECONDS = 10.0  # after the first dropped event, one WARNING at most this often
 
 log = logging.getLogger("busmp")
+#: BLOCK waits at most this long for a publish() while the ring is full of pending events and
+#: nothing is in flight: only a publish() could make room, and none is coming.
+BLOCK_GRACE_SECONDS = 1.0
 
 #: A slot's events as objects (sync mode): the events, their context, earlier attempts.
 Held = tuple[list[Event], Context | None, int]
@@ -110,6 +113,7 @@ class Bus:
         self.handled_in_held = 0
         self.closing = False
         self.closed = False
+        self._last_publish = 0.0  # time.monotonic() of the latest publish() call
         self._dispatcher = dispatcher
         self._batches: dict[Hashable, tuple[BatchRoute, ...]] = {}
         self._middleware: tuple[Middleware, ...] = ()
@@ -302,6 +306,7 @@ class Bus:
             raise BufferFull(f"{count} events cannot fit a ring of {slots.slot_count} slots; "
                              "raise buffer_size or commit smaller groups")
         deadline = deadline_of(timeout, ctx)
+        waiting_since = time.monotonic()
         while slots.free_events < count:
             if self.policy is OverrunPolicy.DROP_OLDEST and slots.pending:
                 oldest = slots.pending[0]
@@ -318,15 +323,23 @@ class Bus:
                     f"ring full: room for {slots.slot_count} events, {slots.free_events} free, {count} needed; "
                     "publish() to make room, or choose BLOCK or DROP_OLDEST")
             # BLOCK, or DROP_OLDEST when every slot is held by work already handed off.
-            remaining = None if deadline is None else deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = None if deadline is None else deadline - now
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"ring stayed full ({slots.slot_count} slots) until the timeout")
-            self._wait_room(remaining)
+            if self.in_flight == 0 and now - max(waiting_since, self._last_publish) >= BLOCK_GRACE_SECONDS:
+                raise BufferFull(
+                    f"the ring is full of events no one has published ({slots.slot_count} slots, "
+                    f"{len(slots.pending)} pending, nothing in flight) and no publish() came for "
+                    f"{BLOCK_GRACE_SECONDS:g} s; call publish() to hand them to the handlers (before "
+                    "subscribing more, or from another thread), or choose DROP_OLDEST or RETURN_ERROR")
+            self._wait_room(BLOCK_GRACE_SECONDS if remaining is None else min(remaining, BLOCK_GRACE_SECONDS))
             self.check_open()
 
     # -- dispatching --------------------------------------------------------------
     def publish(self) -> int:
         """Hand every pending event to the executor; returns how many were taken."""
+        self._last_publish = time.monotonic()
         self.check_open()
         if not self.keeps_objects:  # in sync mode nothing travels: no routes to check
             self.executor.check_routes(*self.routes_and_key())
@@ -472,7 +485,8 @@ class Bus:
         """Enqueue ``events`` all or nothing and handle exactly them, in order, before returning
         (transactions, schedules due now, timers)."""
         self.check_open()
-        self.executor.check_routes(*self.routes_and_key())  # a refusal, before anything is taken
+        if not self.keeps_objects:  # a refusal (routes that cannot travel, a broken pool) takes nothing
+            self.executor.check_routes(*self.routes_and_key())
         encoded = [encode_one(event, ctx) for event in events]
         if not encoded:
             return

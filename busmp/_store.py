@@ -51,7 +51,7 @@ class EventStore:
 
     ``EventStore(dispatcher, buffer_size=1 << 16, policy=DROP_OLDEST, *, workers=0, dlq=None,
     slot_size=512, start_method=None, name=None, check_pickle=True, backend="processes",
-    ray_actor_options=None)``
+    ray_actor_options=None, handler_timeout=None)``
 
     * ``buffer_size``: how many events the ring holds (a power of two). When it is full the
       ``policy`` decides: ``DROP_OLDEST`` (the default, as in GoEventBus) discards the oldest
@@ -73,19 +73,35 @@ class EventStore:
       memory; ``"ray"`` runs the handlers in ``workers`` Ray actors, on the cluster this process
       is connected to (or a local one it starts), with ``ray_actor_options`` (a dict) passed to
       the actors' ``.options()``. Needs ``pip install 'busmp[ray]'``.
+    * ``handler_timeout``: seconds (worker mode with the process backend). A handler call (with its middleware
+      chain; for a batch handler, one chunk) that runs longer is stopped by killing and
+      replacing its worker: that (event, handler) becomes a dead letter with ``TimeoutError``,
+      the calls of the same event after it in the fan-out become ``WorkerCrashed`` dead
+      letters (they were cut off with it), and the events the worker had not started go to
+      the other workers (they never ran: no re-run). A context deadline that passes first
+      counts the same. The deadline is enforced by the collector thread, a tenth of the
+      timeout late at most (10 ms to 1 s). In sync mode (``workers=0``) a running call cannot
+      be stopped, so the option is refused there with ``ValueError``; a handler that must
+      not hang the caller there checks ``ctx.expired`` itself. The Ray backend does not
+      enforce it yet and refuses it (``ValueError``).
     """
 
     def __init__(self, dispatcher: Dispatcher, buffer_size: int = 1 << 16,
                  policy: OverrunPolicy = OverrunPolicy.DROP_OLDEST, *, workers: int = 0,
                  dlq: DeadLetterQueue | None = None, slot_size: int = DEFAULT_SLOT_SIZE,
                  start_method: str | None = None, name: str | None = None, check_pickle: bool = True,
-                 backend: str = "processes", ray_actor_options: dict[str, Any] | None = None) -> None:
+                 backend: str = "processes", ray_actor_options: dict[str, Any] | None = None,
+                 handler_timeout: float | None = None) -> None:
         _validate(dispatcher, buffer_size, policy, workers, dlq)
         _validate_start_method(start_method)
+        _validate_handler_timeout(handler_timeout, workers)
         if not check_pickle and workers:
             raise ValueError("check_pickle=False is for sync mode (workers=0) only: with workers every "
                              "event is pickled to travel; drop the option or use workers=0")
         _validate_backend(backend, workers, ray_actor_options)
+        if handler_timeout is not None and backend == "ray":
+            raise ValueError("handler_timeout is not enforced by the Ray backend yet: drop it, or use "
+                             "backend='processes' (the default)")
         if backend == "ray":
             from ._ray.cluster import require_ray
 
@@ -104,7 +120,8 @@ class EventStore:
             raise
         bus.accounting.dlq = dlq
         try:
-            bus.executor = _make_executor(bus, workers, start_method, prefix, backend, ray_actor_options)
+            bus.executor = _make_executor(bus, workers, start_method, prefix, backend, ray_actor_options,
+                                          handler_timeout)
         except BaseException:
             bus.slots.close()
             block.close()
@@ -173,6 +190,11 @@ class EventStore:
         Raises ``BufferFull`` (RETURN_ERROR), ``TimeoutError`` (BLOCK past ``timeout`` or the
         context's deadline), ``StoreClosed`` after drain, ``TypeError`` for an event that
         could not travel to a worker. A refused event leaves the store unchanged.
+
+        Under BLOCK only ``publish()`` makes room. When the ring is full of events that were
+        never published and nothing is in flight, no room can come unless another thread
+        publishes: after a second without a ``publish()`` the wait ends with ``BufferFull``
+        (publish before subscribing more, or publish from another thread).
         """
         self._bus.subscribe(event, ctx, timeout)
 
@@ -404,7 +426,7 @@ def bus_of(store: EventStore) -> Bus:
 
 
 def _make_executor(bus: Bus, workers: int, start_method: str | None, prefix: str, backend: str,
-                   ray_actor_options: dict[str, Any] | None) -> Executor:
+                   ray_actor_options: dict[str, Any] | None, handler_timeout: float | None) -> Executor:
     if workers == 0:
         return InlineExecutor(bus)
     if backend == "ray":
@@ -414,7 +436,7 @@ def _make_executor(bus: Bus, workers: int, start_method: str | None, prefix: str
         return RayExecutor(bus, workers, check_actor_options(ray_actor_options), prefix)
     from ._workers.pool import ProcessExecutor
 
-    return ProcessExecutor(bus, workers, start_method, prefix)
+    return ProcessExecutor(bus, workers, start_method, prefix, handler_timeout)
 
 
 def _timer_firer(bus: Bus) -> Any:
@@ -483,6 +505,18 @@ def _validate_start_method(start_method: object) -> None:
     if start_method is not None and start_method not in methods:
         raise ValueError(f"start_method must be one of {methods} or None (the default), "
                          f"got {start_method!r}")
+
+
+def _validate_handler_timeout(handler_timeout: object, workers: int) -> None:
+    if handler_timeout is None:
+        return
+    if not isinstance(handler_timeout, (int, float)) or isinstance(handler_timeout, bool) \
+            or not handler_timeout > 0 or handler_timeout == float("inf"):
+        raise ValueError(f"handler_timeout must be a number of seconds > 0 or None, got {handler_timeout!r}")
+    if workers == 0:
+        raise ValueError("handler_timeout needs worker processes: a handler running in the calling "
+                         "thread (workers=0) cannot be stopped; pass workers=N (N >= 1), or drop "
+                         "handler_timeout and let the handler check ctx.expired itself")
 
 
 def _callable(fn: Any, what: str) -> Any:

@@ -350,3 +350,136 @@ def test_a_pool_whose_replacements_cannot_start_refuses_before_taking_events(tmp
     assert int(letters) == int(subscribed) == int(crashed) + int(closed)
     assert int(closed) == 10
     assert metrics == f"{subscribed},{crashed},{crashed}"
+
+
+# -- handler_timeout --------------------------------------------------------------------
+
+def hangs_on_hang(ctx, ev):
+    if ev.id == "hang":
+        time.sleep(30)
+    return None
+
+
+def second_step(ctx, ev):
+    return None
+
+
+def hangs_in_batch(ctx, events):
+    time.sleep(30)
+
+
+def test_handler_timeout_needs_workers_and_a_positive_number():
+    from busmp import EventStore
+
+    with pytest.raises(ValueError, match=r"handler_timeout needs worker processes.*workers=N"):
+        EventStore(Dispatcher(), 8, handler_timeout=1.0)
+    for bad in (0, -1, "1", True, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="handler_timeout must be a number of seconds > 0"):
+            EventStore(Dispatcher(), 8, workers=1, handler_timeout=bad)
+
+
+def timeout_store(d, **options):
+    return make_store(d, "fork", workers=2, **options)
+
+
+def record_calls(store):
+    calls: collections.Counter[tuple[str, str | None, str]] = collections.Counter()
+
+    def after(ctx, ev, res, err):
+        calls[(ev.id, type(err).__name__ if err is not None else None)] += 1
+    store.on_after(after)
+    return calls
+
+
+def test_a_call_past_handler_timeout_is_stopped_and_the_rest_is_handled_once():
+    d = Dispatcher()
+    d.register("p", hangs_on_hang, second_step)
+    n = 200
+    with running(timeout_store(d, handler_timeout=0.3)) as store:
+        calls = record_calls(store)
+        pids_before = [h.process.pid for h in store._bus.executor.handles]
+        store.subscribe_many([Event("p", id="hang"), *(Event("p", id=str(i)) for i in range(n))])
+        started = time.monotonic()
+        store.publish()
+        store.flush(timeout=10)
+        assert time.monotonic() - started < 5
+        letters = sorted(store.dlq.entries(), key=lambda dl: dl.handler)
+        assert [(dl.event.id, dl.handler.rsplit(".", 1)[-1], type(dl.error)) for dl in letters] == [
+            ("hang", "hangs_on_hang", TimeoutError), ("hang", "second_step", WorkerCrashed)]
+        assert "hangs_on_hang ran past handler_timeout=0.3 s" in str(letters[0].error)
+        assert calls == {("hang", "TimeoutError"): 1, ("hang", "WorkerCrashed"): 1,
+                         **{(str(i), None): 2 for i in range(n)}}  # the unstarted ones ran elsewhere, once
+        assert store.metrics() == (n + 1, 2 * (n + 1), 2)
+        pids_after = [h.process.pid for h in store._bus.executor.handles]
+        assert len(set(pids_after) - set(pids_before)) == 1  # one worker killed and replaced
+        stats = store.stats()
+        assert stats.in_flight == 0 and stats.free_slots == stats.slots
+
+
+def test_a_context_deadline_that_passes_first_counts_the_same():
+    from busmp import Context
+
+    d = Dispatcher()
+    d.register("p", hangs_on_hang)
+    with running(timeout_store(d, handler_timeout=60)) as store:
+        calls = record_calls(store)
+        store.subscribe(Event("p", id="hang"), Context().with_timeout(0.3))
+        store.subscribe(Event("p", id="fine"), Context().with_timeout(0.3))
+        store.publish()
+        store.flush(timeout=10)
+        (letter,) = store.dlq.entries()
+        assert letter.event.id == "hang" and isinstance(letter.error, TimeoutError)
+        assert "ran past its context's deadline" in str(letter.error)
+        assert calls == {("hang", "TimeoutError"): 1, ("fine", None): 1}
+
+
+def test_a_batch_chunk_past_handler_timeout_is_a_timeout_for_each_of_its_events():
+    d = Dispatcher()
+    with running(timeout_store(d, handler_timeout=0.3)) as store:
+        store.register_batch("b", 4, hangs_in_batch)
+        calls = record_calls(store)
+        store.subscribe_many([Event("b", id=str(i)) for i in range(4)])
+        store.publish()
+        store.flush(timeout=10)
+        letters = store.dlq.entries()
+        assert sorted(dl.event.id for dl in letters) == ["0", "1", "2", "3"]
+        assert all(isinstance(dl.error, TimeoutError) and "hangs_in_batch" in dl.handler for dl in letters)
+        assert calls == {(str(i), "TimeoutError"): 1 for i in range(4)}
+        assert store.metrics() == (4, 4, 4)
+
+
+# -- BLOCK with a ring full of events nobody publishes --------------------------------------
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_block_on_a_ring_full_of_unpublished_events_ends_with_buffer_full(workers):
+    from busmp import BLOCK, BufferFull, EventStore
+
+    d = Dispatcher()
+    d.register("p", nothing)
+    with running(EventStore(d, 4, BLOCK, workers=workers, start_method="fork")) as store:
+        store.subscribe_many([Event("p", i) for i in range(4)])
+        started = time.monotonic()
+        with pytest.raises(BufferFull, match=r"full of events no one has published.*call publish\(\)"):
+            store.subscribe(Event("p", "late"))
+        assert 0.9 < time.monotonic() - started < 5
+        assert store.metrics() == (4, 0, 0)  # the refused event left no trace
+        assert store.publish() == 4
+        store.subscribe(Event("p", "late"))  # room again
+        store.publish()
+        store.flush(timeout=10)
+        assert store.metrics() == (5, 5, 0)
+
+
+def test_block_keeps_waiting_while_another_thread_publishes_within_the_grace():
+    from busmp import BLOCK, EventStore
+
+    d = Dispatcher()
+    d.register("p", nothing)
+    with running(EventStore(d, 2, BLOCK)) as store:
+        store.subscribe_many([Event("p", i) for i in range(2)])
+        publisher = threading.Timer(0.5, store.publish)
+        publisher.start()
+        store.subscribe(Event("p", "late"), timeout=5)  # no BufferFull: the publish came
+        publisher.join()
+        store.publish()
+        assert store.metrics() == (3, 3, 0)

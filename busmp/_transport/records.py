@@ -31,19 +31,22 @@ Result channel, worker -> parent:
 Control words of a worker's *job* channel, all written by the worker: the job in progress and
 how far it got, so that the parent can tell, after a crash, exactly which (event, handler) calls
 died with it: CUR_POS events are done; of event CUR_POS, the calls CUR_CALL says (when it names
-that event); CUR_PROCESSED counts the done events' calls that had no OUTCOME.
+that event); CUR_PROCESSED counts the done events' calls that had no OUTCOME. With a
+handler_timeout, CALL_DEADLINE holds the deadline of the call running now (0 between calls),
+for the parent to kill a worker whose call is overdue.
 """
 
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Sequence
 
 __all__ = [
     "ROUTES", "EVENTS", "BATCH", "STOP", "ORDERED", "OUTCOME", "FOLLOWUP", "DONE", "ASYNC", "PARKED",
     "ROUTES_HEAD", "JOB_HEAD", "BATCH_HEAD", "OUTCOME_HEAD", "FOLLOWUP_HEAD", "DONE_REC", "ASYNC_REC", "PARKED_REC",
     "CUR_JOB", "CUR_POS", "CUR_PROCESSED", "CUR_ERRORS", "PID", "HANDLED", "CUR_CALL", "WHOLE_EVENT",
-    "call_word", "split_call_word",
+    "call_word", "split_call_word", "CALL_DEADLINE", "deadline_word", "split_deadline_word",
     "Entry", "pack_entries", "unpack_entries",
 ]
 
@@ -61,7 +64,7 @@ ASYNC_REC = struct.Struct("<QIH")
 PARKED_REC = struct.Struct("<Qq")
 
 # Control words (indices into the job channel's spare line).
-CUR_JOB, CUR_POS, CUR_PROCESSED, CUR_ERRORS, PID, HANDLED, CUR_CALL = range(7)
+CUR_JOB, CUR_POS, CUR_PROCESSED, CUR_ERRORS, PID, HANDLED, CUR_CALL, CALL_DEADLINE = range(8)
 WHOLE_EVENT = 0xFFFF  # an OUTCOME's call number when it stands for every call of its event
 CALL_BITS = 16
 
@@ -74,6 +77,24 @@ def call_word(pos: int, calls: int) -> int:
 
 def split_call_word(word: int) -> tuple[int, int]:
     return word >> CALL_BITS, word & ((1 << CALL_BITS) - 1)
+
+
+def deadline_word(limit_ns: int, ctx_deadline: float | None) -> int:
+    """CALL_DEADLINE for a call starting now: ``time.monotonic_ns()`` (one clock for every
+    process of the machine) when it must be done, odd when the context's deadline came first,
+    even when the handler_timeout did; never 0 (0: no call runs)."""
+    now = time.monotonic_ns()
+    deadline, from_ctx = now + limit_ns, 0
+    if ctx_deadline is not None:
+        ctx_ns = now + int((ctx_deadline - time.time()) * 1e9)
+        if ctx_ns < deadline:
+            deadline, from_ctx = ctx_ns, 1
+    return max(2, deadline & ~1) | from_ctx
+
+
+def split_deadline_word(word: int) -> tuple[int, bool]:
+    """The deadline in ``time.monotonic_ns()`` and whether it was the context's."""
+    return word & ~1, bool(word & 1)
 
 
 

@@ -8,7 +8,9 @@ Its loop has three named steps, as CPython's process-pool manager thread has:
    bus's accounting (hooks, DLQ, metrics: here, in the parent), DONE records finish jobs and
    free their slots, follow-ups are placed into free slots as new work.
 3. :meth:`Collector.watch_deaths`: a worker that died is charged for what it held, and replaced
-   (at once, or when its back-off is over: the loop starts due replacements as it comes round).
+   (at once, or when its back-off is over: the loop starts due replacements as it comes round);
+   with a ``handler_timeout``, a worker whose current call is past its deadline is killed here
+   (``ProcessExecutor.check_deadlines``), and its death is then handled as any other.
 
 A thread waiting in ``flush()`` may do step 2 itself for a moment (``read_for``): a short round
 trip then wakes one thread instead of two. ``reading`` makes sure one thread at a time reads
@@ -55,6 +57,10 @@ class Collector:
         os.set_blocking(self._notify_r.fileno(), False)
         self._stop_r, self._stop_w = os.pipe()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # With a handler_timeout the loop also wakes often enough to kill an overdue call soon
+        # after its deadline (a tenth of the timeout late at most, and at least every 10 ms).
+        timeout = pool.handler_timeout
+        self._poll = POLL_SECONDS if not timeout else min(POLL_SECONDS, max(0.01, timeout / 10))
 
     def start(self) -> None:
         self._thread.start()
@@ -86,13 +92,14 @@ class Collector:
                 for fd in fds:
                     poller.register(fd, select.POLLIN)
                 watched = fds
-            ready = self.wait_for_wakeup(poller, POLL_SECONDS if due is None else min(due, POLL_SECONDS))
+            ready = self.wait_for_wakeup(poller, self._poll if due is None else min(due, self._poll))
             try:
                 with self.reading:
                     self.read_results()
                     if self._stop_r in ready:
                         return  # shutdown() takes over the workers from here
                     self.watch_deaths(handles, ready)
+                    self._pool.check_deadlines()
             except Exception:  # a bug in here must not stop every later result from arriving
                 log.exception("busmp collector: unexpected error; carrying on")
 

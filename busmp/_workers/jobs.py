@@ -64,6 +64,28 @@ class Job:
     def slots(self) -> list[int]:
         return [entry[0] for entry in self.entries]
 
+    def entries_from(self, pos: int) -> list[Entry]:
+        """The entries of events ``pos`` onwards."""
+        out: list[Entry] = []
+        seen = 0
+        for slot, seq, start, stop in self.entries:
+            if seen + stop - start > pos:
+                out.append((slot, seq, start + max(0, pos - seen), stop))
+            seen += stop - start
+        return out
+
+    def truncate(self, count: int) -> None:
+        """Keep events 0..count-1 only (the rest went to another job)."""
+        kept: list[Entry] = []
+        seen = 0
+        for slot, seq, start, stop in self.entries:
+            if seen >= count:
+                break
+            kept.append((slot, seq, start, min(stop, start + count - seen)))
+            seen += stop - start
+        self.entries, self._ends = kept, None
+        self.__post_init__()
+
     def locate(self, pos: int) -> tuple[int, int, int]:
         """The slot, its sequence number and the index within it of event ``pos``."""
         if self._ends is None:

@@ -41,7 +41,8 @@ from .._transport.packing import Encoded
 from .._dispatch import handler_name
 from .._transport.codec import UNDECODABLE
 from .._transport.records import (
-    BATCH, CUR_CALL, CUR_JOB, CUR_POS, CUR_PROCESSED, EVENTS, HANDLED, PID, STOP, WHOLE_EVENT, split_call_word,
+    BATCH, CALL_DEADLINE, CUR_CALL, CUR_JOB, CUR_POS, CUR_PROCESSED, EVENTS, HANDLED, PID, STOP, WHOLE_EVENT,
+    split_call_word, split_deadline_word,
 )
 from .._transport.stats import DEAD, STARTING
 from . import processes
@@ -68,8 +69,10 @@ CRASH_HANDLER = "busmp.worker"
 
 
 class ProcessExecutor:
-    def __init__(self, host: Host, workers: int, start_method: str | None, prefix: str) -> None:
+    def __init__(self, host: Host, workers: int, start_method: str | None, prefix: str,
+                 handler_timeout: float | None = None) -> None:
         self.workers = workers
+        self.handler_timeout = handler_timeout
         self.host = host
         self._ring_name = host.slots.name
         self.mp: Any = mp.get_context(start_method or DEFAULT_START_METHOD)
@@ -137,7 +140,7 @@ class ProcessExecutor:
         block = self.host.stats_block
         block.set_worker(handle.index, 0, STARTING)
         processes.start(self.mp, handle, worker_main, (self._ring_name, self.collector.notify_w, os.getpid(),
-                                                      block.block, handle.index))
+                                                      block.block, handle.index, self.handler_timeout))
         log.info("busmp store %r: worker %d started (pid %d)", self.host.name, handle.index, handle.process.pid)
 
     # -- submitting ---------------------------------------------------------------
@@ -289,20 +292,29 @@ class ProcessExecutor:
             handled[slot] = 0
         return early
 
-    def _charge(self, job: Job, first: tuple[int, int], error: BaseException) -> None:
-        """Every (event, handler) call of ``job`` from ``first`` = (pos, call) on becomes a dead
-        letter with ``error``, named after its handler; so does every call of an awaiting event
-        (ASYNC) from its first one not reported. The job ends."""
+    def _charge(self, job: Job, first: tuple[int, int], error: BaseException,
+                timed_out: Callable[[str], BaseException] | None = None, last: int | None = None) -> None:
+        """Every (event, handler) call of ``job`` from ``first`` = (pos, call) on, through event
+        ``last`` (default: all), becomes a dead letter with ``error``, named after its handler;
+        so does every call of an awaiting event (ASYNC) from its first one not reported. The job
+        ends. ``timed_out`` makes the error of the call that was running at ``first`` (of a
+        batch job: its one call, so every event charged)."""
         start, skip = first
         awaiting = job.awaiting or {}
         for pos, call in sorted(awaiting.items()):
             for name in self._handler_names(job, pos)[call:]:
                 self.settle(job, pos, name, None, error, counted=False, cut=True)
-        for pos in range(start, job.events):
+        end = job.events if last is None else min(job.events, last + 1)
+        for pos in range(start, end):
             if pos in awaiting:
                 continue
             for name in self._handler_names(job, pos)[skip if pos == start else 0:]:
-                self.settle(job, pos, name, None, error, counted=False, cut=True)
+                failure = error
+                if timed_out is not None:
+                    failure = timed_out(name)
+                    if job.kind != BATCH:
+                        timed_out = None  # the calls after it in the fan-out never started
+                self.settle(job, pos, name, None, failure, counted=False, cut=True)
         self.finish(job)
 
     def _handler_names(self, job: Job, pos: int) -> list[str]:
@@ -347,9 +359,20 @@ class ProcessExecutor:
             cur_job, cur_pos = controls.control(CUR_JOB), controls.control(CUR_POS)
             call_pos, calls = split_call_word(controls.control(CUR_CALL))
             quiet = controls.control(CUR_PROCESSED)
+            running = controls.control(CALL_DEADLINE)  # of the call it was in; 0: none ran
             started = controls.control(PID) != 0
             handle.crashed_handled += controls.control(HANDLED)
             dead_jobs = list(handle.outstanding.values())
+            current = next((job for job in dead_jobs if job.id == cur_job), None)
+            first, quiet_at = (0, 0), 0
+            if current is not None:
+                first, quiet_at = _frontier(current, cur_pos, calls if call_pos == cur_pos else 0)
+            overdue, handle.overdue = handle.overdue, None
+            timed_out: Callable[[str], BaseException] | None = None
+            if overdue is not None and not self.closing:
+                dead_jobs = self._hand_over_unstarted(handle, dead_jobs, current, first[0])
+                if running == overdue:
+                    timed_out = self._timeout_error(overdue, pid)
             handle.jobs.reset()
             handle.results.reset()
             if not self.closing:
@@ -357,15 +380,71 @@ class ProcessExecutor:
         error: BaseException = (StoreClosed("the store was drained before the event was handled")
                                 if self.closing else WorkerCrashed(pid, exitcode))
         for job in dead_jobs:
-            first = (0, 0)
             if job.parked:  # its sync pass is over and counted (PARKED): only awaiting calls die
-                first = (job.events, 0)
-            elif job.id == cur_job:
-                first, quiet_at = _frontier(job, cur_pos, calls if call_pos == cur_pos else 0)
+                self._charge(job, (job.events, 0), error)
+            elif job is current:
                 self.host.accounting.count(quiet + quiet_at, 0)
-            self._charge(job, first, error)
+                last = first[0] if overdue is not None and job.kind != BATCH else None
+                self._charge(job, first, error, timed_out, last)
+            else:
+                self._charge(job, (0, 0), error)
         if self._broken is not None:
             self._fail_orphans()
+
+    # -- handler_timeout ------------------------------------------------------------------
+    def check_deadlines(self) -> None:
+        """Kill every worker whose current call is past its deadline (the collector calls this
+        each time it wakes); ``on_death`` then settles the call with ``TimeoutError``."""
+        if not self.handler_timeout:
+            return
+        now = time.monotonic_ns()
+        for handle in self.handles:
+            if handle.process is None or handle.overdue is not None:
+                continue
+            word = handle.jobs.control(CALL_DEADLINE)
+            if word and split_deadline_word(word)[0] < now:
+                handle.overdue = word
+                log.warning("busmp worker %d (pid %s): a handler call ran past its deadline; killing it",
+                            handle.index, handle.process.pid)
+                processes.kill(handle)
+
+    def _timeout_error(self, word: int, pid: int) -> Callable[[str], BaseException]:
+        what = ("its context's deadline" if split_deadline_word(word)[1]
+                else f"handler_timeout={self.handler_timeout:g} s")
+
+        def error(name: str) -> BaseException:
+            return TimeoutError(f"handler {name} ran past {what}; its worker process (pid {pid}) "
+                                "was killed and replaced")
+        return error
+
+    def _hand_over_unstarted(self, handle: WorkerHandle, dead_jobs: list[Job], current: Job | None,
+                             pos: int) -> list[Job]:
+        """A worker killed for a timeout: the events it had not started go back to the front of
+        the queue for the other workers (they never ran, so this is no re-run). Returns the jobs
+        left to charge: the current one, up to and including its event ``pos`` (the one that was
+        running, or may have been). Under the lock."""
+        unstarted: list[Job] = []
+        for job in dead_jobs:
+            if job is current or job.parked:  # a parked job (handlers awaiting) has started
+                continue
+            handle.outstanding.pop(job.id, None)
+            handle.queued -= job.events
+            unstarted.append(job)
+        if current is not None and not current.parked and current.kind != BATCH and pos + 1 < current.events:
+            tail = Job(self.planner.new_job_id(), current.worker, current.kind,
+                       current.entries_from(pos + 1), current.ticket, current.batch)
+            tail.routes = current.routes
+            for slot in tail.slots:
+                self.refs[slot] += 1  # before the current job's end drops its references
+            self.jobs[tail.id] = tail
+            if tail.ticket is not None:
+                tail.ticket.jobs += 1
+            current.truncate(pos + 1)  # its end counts only the events it kept (handled_early)
+            unstarted.insert(0, tail)
+        self.unassigned.extendleft(reversed(unstarted))
+        if unstarted:
+            self.feeder.feed(set())
+        return [job for job in dead_jobs if job is current or job.parked]
 
     def _fail_orphans(self) -> None:
         """No replacement will start: once no worker is left, the jobs none holds are dead letters

@@ -26,7 +26,7 @@ from typing import Any
 from .._transport.channel import Channel
 from .jobs import Job
 
-__all__ = ["WorkerHandle", "new_handle", "start", "is_dead", "reap", "stop", "ring_doorbell"]
+__all__ = ["WorkerHandle", "new_handle", "start", "is_dead", "reap", "stop", "kill", "ring_doorbell"]
 
 JOB_CHANNEL_BYTES_PER_SLOT = 48  # a job entry per slot, with room for its record
 RESULT_CHANNEL_BYTES = 1 << 22
@@ -51,6 +51,7 @@ class WorkerHandle:
     started_at: float = 0.0
     restart_at: float | None = None  # a replacement is due then (a back-off after quick deaths)
     quick_deaths: int = 0      # deaths in a row of processes that lived less than a second here
+    overdue: int | None = None  # the CALL_DEADLINE word of the call the parent killed it for
 
     @property
     def watch_fd(self) -> int:
@@ -131,6 +132,18 @@ def _wait_dead(handle: WorkerHandle, seconds: float) -> bool:
         return bool(select.select([handle.pidfd], [], [], seconds)[0])
     handle.process.join(seconds)
     return not handle.process.is_alive()
+
+
+def kill(handle: WorkerHandle) -> None:
+    """SIGKILL the process in ``handle``: through its pidfd where there is one (a pid the
+    kernel gave to another process since cannot be hit)."""
+    try:
+        if handle.pidfd is not None:
+            signal.pidfd_send_signal(handle.pidfd, signal.SIGKILL)
+        elif handle.process is not None:
+            os.kill(handle.process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # gone already: its death is noticed all the same
 
 
 def ring_doorbell(handle: WorkerHandle) -> None:

@@ -40,9 +40,9 @@ from .._errors import RemoteError
 from .._event import BACKGROUND, Context, Event, Result, current_emitter
 from .._pipeline import NO_RESULT, BatchRest, ChainRest, Continuation, Item, run_chunk
 from .._transport.records import (
-    ASYNC, ASYNC_REC, BATCH, BATCH_HEAD, CUR_CALL, CUR_JOB, CUR_POS, CUR_PROCESSED, DONE, DONE_REC, FOLLOWUP,
-    FOLLOWUP_HEAD, EVENTS, HANDLED, JOB_HEAD, ORDERED, OUTCOME, OUTCOME_HEAD, PARKED, PARKED_REC, PID, ROUTES,
-    ROUTES_HEAD, STOP, WHOLE_EVENT, Entry, call_word, unpack_entries,
+    ASYNC, ASYNC_REC, BATCH, BATCH_HEAD, CALL_DEADLINE, CUR_CALL, CUR_JOB, CUR_POS, CUR_PROCESSED, DONE,
+    DONE_REC, FOLLOWUP, FOLLOWUP_HEAD, EVENTS, HANDLED, JOB_HEAD, ORDERED, OUTCOME, OUTCOME_HEAD, PARKED,
+    PARKED_REC, PID, ROUTES, ROUTES_HEAD, STOP, WHOLE_EVENT, Entry, call_word, deadline_word, unpack_entries,
 )
 from .._transport.ring import SPIN_ALLOWED, SlotRing
 from .._transport.stats import BUSY, IDLE, W_HANDLED, W_JOBS, WorkerLine
@@ -67,13 +67,14 @@ _NOTHING = object()  # no projection seen yet
 Decoded = tuple[list[Event], Context, int, bool]
 
 def worker_main(jobs_name: str, results_name: str, doorbell: Any, ring_name: str, notify: Any,
-                owner_pid: int, stats_name: str | None = None, index: int = 0) -> None:
+                owner_pid: int, stats_name: str | None = None, index: int = 0,
+                handler_timeout: float | None = None) -> None:
     """Entry point of a worker process (the target of ``Process``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it drains us
     owner = Owner(owner_pid)
     _start_watchdog(owner)
     worker = Worker(SlotRing.attach(ring_name), Channel.attach(jobs_name), Channel.attach(results_name),
-                    doorbell.fileno(), notify.fileno(), owner)
+                    doorbell.fileno(), notify.fileno(), owner, handler_timeout)
     if stats_name is not None:  # after the pid is written: that is when the parent counts us started
         worker.attach_stats(WorkerLine(stats_name, index))
     try:
@@ -86,7 +87,7 @@ class Worker:
     watches_before = False  # the parent fires on_before when an outcome arrives
 
     def __init__(self, ring: SlotRing, jobs: Channel, results: Channel, doorbell_fd: int,
-                 notify_fd: int, owner: Owner) -> None:
+                 notify_fd: int, owner: Owner, handler_timeout: float | None = None) -> None:
         self.ring, self.jobs, self.results = ring, jobs, results
         self.doorbell_fd, self.notify_fd = doorbell_fd, notify_fd
         os.set_blocking(doorbell_fd, False)
@@ -100,6 +101,9 @@ class Worker:
         alone, and overrides :meth:`read_slot`, :meth:`put_result` and :meth:`notify_parent`."""
         self.controls = controls
         self.routes = Routes()
+        # With a handler_timeout, every call is wrapped to publish its deadline (see ``timed``).
+        self.timeout_ns = int(handler_timeout * 1e9) if handler_timeout else 0
+        self.timed_chains: dict[Hashable, tuple[tuple[Any, str], ...]] = {}
         self.last_decoded: tuple[tuple[int, int], Decoded | None] = ((-1, -1), None)
         self.want_outcomes = False
         self.handled = 0
@@ -164,6 +168,7 @@ class Worker:
             if kind == ROUTES:
                 (want,) = ROUTES_HEAD.unpack_from(payload)
                 self.routes, self.want_outcomes = pickle.loads(payload[ROUTES_HEAD.size:]), bool(want)
+                self.timed_chains = {}
             elif kind == EVENTS:
                 job, _count = JOB_HEAD.unpack_from(payload)
                 self.run_events(job, unpack_entries(payload, JOB_HEAD.size))
@@ -357,6 +362,8 @@ class Worker:
         progress too: the parent never charges a call it has an outcome for.
         """
         chains, want, report = self.routes.chains, self.want_outcomes or wanted, self.report
+        if self.timeout_ns:
+            chains = self.timed_chain
         words, base = self.progress
         quiet = self.quiet
         projection: object = _NOTHING
@@ -410,6 +417,8 @@ class Worker:
         self.start_job(job, entries)
         projection: Hashable = list(self.routes.batches)[key]
         route: BatchRoute = self.routes.batches[projection][route_index]
+        if self.timeout_ns:
+            route = BatchRoute(route.size, self.timed(route.handler), route.name)
         # A projection that only shares the hash of the batch projection is not delivered.
         chunk = [item for item in self.items() if item.event.projection == projection]
         if chunk:
@@ -420,6 +429,30 @@ class Worker:
             finally:
                 current_emitter.reset(reset)
         self.finish_job()
+
+    # -- handler_timeout: each call publishes its deadline for the parent to enforce ---------
+    def timed_chain(self, projection: Hashable) -> tuple[tuple[Any, str], ...]:
+        chain = self.timed_chains.get(projection)
+        if chain is None:
+            chain = tuple((self.timed(fn), name) for fn, name in self.routes.chains(projection))
+            self.timed_chains[projection] = chain
+        return chain
+
+    def timed(self, fn: Any) -> Any:
+        """``fn`` (a handler in its middleware chain, or a batch handler) writing the deadline
+        of each call into CALL_DEADLINE while it runs. The parent kills a worker whose call is
+        past it: a running call cannot be stopped any other way (it may never return)."""
+        words, base = self.progress
+        index, limit = base + CALL_DEADLINE, self.timeout_ns
+
+        def call(ctx: Context, arg: Any) -> Any:
+            words[index] = deadline_word(limit, ctx.deadline)
+            try:
+                return fn(ctx, arg)
+            finally:
+                words[index] = 0
+
+        return call
 
     def items(self) -> Iterator[Item]:
         """The job's events as pipeline items, numbered by position (for batch calls)."""
