@@ -66,6 +66,7 @@ NOT_DISPATCHED = "busmp.EventStore.drain"
 DROP_LOG_SECONDS = 10.0  # after the first dropped event, one WARNING at most this often
 
 log = logging.getLogger("busmp")
+DEFAULT_MAX_FOLLOWUPS = 1 << 16
 #: BLOCK waits at most this long for a publish() while the ring is full of pending events and
 #: nothing is in flight: only a publish() could make room, and none is coming.
 BLOCK_GRACE_SECONDS = 1.0
@@ -87,7 +88,7 @@ class Bus:
 
     def __init__(self, dispatcher: Dispatcher, buffer_size: int, policy: OverrunPolicy, *,
                  slot_size: int, keeps_objects: bool, name: str, store_name: str, stats: StatsBlock,
-                 check_pickle: bool = True) -> None:
+                 check_pickle: bool = True, max_followups: int = DEFAULT_MAX_FOLLOWUPS) -> None:
         self.slots = Slots(SlotRing.create(buffer_size, slot_size, name=name))
         self.ring = self.slots.ring
         self.name = store_name
@@ -114,6 +115,13 @@ class Bus:
         self.closing = False
         self.closed = False
         self._last_publish = 0.0  # time.monotonic() of the latest publish() call
+        # Follow-ups emitted and not yet handled. Reaching max_followups cuts ctx.emit off until
+        # every one of them is handled: a cap alone would hold a storm (a handler that emits two
+        # events per event) at the cap for ever; cut off, it dies down.
+        self.max_followups = max_followups
+        self.followups = 0
+        self._followups_cut = False
+        self._followup_slots: set[int] = set()  # worker mode: slots that hold a follow-up
         self._dispatcher = dispatcher
         self._batches: dict[Hashable, tuple[BatchRoute, ...]] = {}
         self._middleware: tuple[Middleware, ...] = ()
@@ -642,6 +650,10 @@ class Bus:
             if self._submitted:
                 done = [s for s in map(self._submitted.pop, slots, [None] * len(slots)) if s is not None]
             self._notify_room()
+            if self._followup_slots:
+                followups = self._followup_slots.intersection(slots)
+                self._followup_slots -= followups
+                self.followups_done(len(followups))
         for submission in done:
             submission.complete()
         self.finished(events)
@@ -655,17 +667,39 @@ class Bus:
                     break
                 placed.append(self._write(item, None))
             self.slots.counts["dispatched"] += len(placed)  # already counted in flight when emitted
+            self._followup_slots.update(placed)
         return placed
 
     def count_followup(self) -> None:
         with self.lock:
             self.published += 1
             self.in_flight += 1
+            self.followups += 1
+            if self.followups >= self.max_followups:
+                self._followups_cut = True
 
     def accept_followup(self, event: Event, ctx: Context | None) -> None:
-        """A handler's ``ctx.emit(event)``: counted as published and as work in flight."""
+        """A handler's ``ctx.emit(event)``: counted as published and as work in flight;
+        ``BufferFull`` while follow-ups are cut off (see ``max_followups``)."""
         encode_one(event, ctx)  # reject what could not travel to a worker, in every mode
-        self.count_followup()
+        with self.lock:
+            if self._followups_cut or self.followups >= self.max_followups:
+                self._followups_cut = True
+                raise BufferFull(followups_refused(self.max_followups))
+            self.count_followup()
+
+    def followup_room(self) -> int:
+        """How many more follow-ups may be emitted now (what workers check in ``emit``)."""
+        return 0 if self._followups_cut else max(0, self.max_followups - self.followups)
+
+    def followups_done(self, count: int) -> None:
+        """``count`` follow-ups were handled (or became dead letters)."""
+        if not count:
+            return
+        with self.lock:
+            self.followups = max(0, self.followups - count)
+            if self.followups == 0:
+                self._followups_cut = False  # the storm is over
 
     def handled_early(self, change: int) -> None:
         """Worker mode: ``change`` more (or, as their slots come back, fewer) events are handled
@@ -836,6 +870,13 @@ async def _wait(waiter: asyncio.Future[None], deadline: float | None, message: s
         await asyncio.wait_for(waiter, remaining)
     except TimeoutError:
         raise TimeoutError(message) from None
+
+
+def followups_refused(limit: int) -> str:
+    return (f"ctx.emit refused: the store's max_followups ({limit}) follow-up events were outstanding, "
+            "and emit stays refused until every one of them has been handled. A handler that emits "
+            "more than one event per event it handles makes a storm that never ends; emit fewer, or "
+            "raise EventStore(..., max_followups=N)")
 
 
 def _keep(event: Event, ctx: Context | None, attempts: int) -> Kept:

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
-from ._bus import Bus, deadline_of
+from ._bus import DEFAULT_MAX_FOLLOWUPS, Bus, deadline_of
 from ._dispatch import BatchHandler, BatchRoute, Dispatcher, Middleware, check_projection, handler_name
 from ._dlq import DeadLetterQueue
 from ._errors import StoreClosed
@@ -51,7 +51,7 @@ class EventStore:
 
     ``EventStore(dispatcher, buffer_size=1 << 16, policy=DROP_OLDEST, *, workers=0, dlq=None,
     slot_size=512, start_method=None, name=None, check_pickle=True, backend="processes",
-    ray_actor_options=None, handler_timeout=None)``
+    ray_actor_options=None, handler_timeout=None, max_followups=65536)``
 
     * ``buffer_size``: how many events the ring holds (a power of two). When it is full the
       ``policy`` decides: ``DROP_OLDEST`` (the default, as in GoEventBus) discards the oldest
@@ -84,6 +84,13 @@ class EventStore:
       be stopped, so the option is refused there with ``ValueError``; a handler that must
       not hang the caller there checks ``ctx.expired`` itself. The Ray backend does not
       enforce it yet and refuses it (``ValueError``).
+    * ``max_followups``: how many follow-up events (``ctx.emit``) may be outstanding (emitted
+      and not yet handled) at once. When they reach it, ``ctx.emit`` raises ``BufferFull``,
+      and keeps refusing until every outstanding follow-up has been handled, so that a handler
+      emitting more than one event per event (a storm) fails as any failing handler does, a
+      dead letter unless it catches the error, and the storm dies down instead of growing
+      memory without bound. Workers see the count the collector last wrote, so in worker mode
+      the store may go a little past it; the Ray backend's actors do not check it yet.
     """
 
     def __init__(self, dispatcher: Dispatcher, buffer_size: int = 1 << 16,
@@ -91,7 +98,7 @@ class EventStore:
                  dlq: DeadLetterQueue | None = None, slot_size: int = DEFAULT_SLOT_SIZE,
                  start_method: str | None = None, name: str | None = None, check_pickle: bool = True,
                  backend: str = "processes", ray_actor_options: dict[str, Any] | None = None,
-                 handler_timeout: float | None = None) -> None:
+                 handler_timeout: float | None = None, max_followups: int = DEFAULT_MAX_FOLLOWUPS) -> None:
         _validate(dispatcher, buffer_size, policy, workers, dlq)
         _validate_start_method(start_method)
         _validate_handler_timeout(handler_timeout, workers)
@@ -106,6 +113,9 @@ class EventStore:
             from ._ray.cluster import require_ray
 
             require_ray()  # ImportError naming the extra, before anything is made
+        if not isinstance(max_followups, int) or isinstance(max_followups, bool) or max_followups < 1:
+            raise ValueError(f"max_followups must be an int >= 1 (how many emitted follow-up events may be "
+                             f"outstanding at once), got {max_followups!r}")
         name = _stats.check_name(name) if name is not None else f"bus-{os.getpid()}-{next(_store_numbers)}"
         _stats.sweep()  # blocks of this user's stores that were killed
         prefix = _shm.new_prefix()
@@ -114,7 +124,8 @@ class EventStore:
         block = _stats.StatsBlock(name, buffer_size, workers, arena_pages(buffer_size, slot_size))
         try:
             bus = Bus(dispatcher, buffer_size, policy, slot_size=slot_size, keeps_objects=workers == 0,
-                      name=f"{prefix}_ring", store_name=name, stats=block, check_pickle=check_pickle)
+                      name=f"{prefix}_ring", store_name=name, stats=block, check_pickle=check_pickle,
+                      max_followups=max_followups)
         except BaseException:
             block.close()
             raise

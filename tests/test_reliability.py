@@ -483,3 +483,46 @@ def test_block_keeps_waiting_while_another_thread_publishes_within_the_grace():
         publisher.join()
         store.publish()
         assert store.metrics() == (3, 3, 0)
+
+
+# -- follow-up storms -------------------------------------------------------------------
+
+def doubles(ctx, ev):
+    ctx.emit(Event("storm", ev.data + 1))
+    ctx.emit(Event("storm", ev.data + 1))
+
+
+def test_max_followups_is_validated():
+    from busmp import EventStore
+
+    for bad in (0, -1, 1.5, True, None):
+        with pytest.raises(ValueError, match="max_followups must be an int >= 1"):
+            EventStore(Dispatcher(), 8, max_followups=bad)
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["sync", "workers"])
+def test_a_doubling_storm_is_cut_off_and_dies_down(workers):
+    from busmp import BufferFull, DeadLetterQueue, EventStore
+
+    d = Dispatcher()
+    d.register("storm", doubles)
+    limit = 500
+    store = EventStore(d, 1 << 10, workers=workers, dlq=DeadLetterQueue(), start_method="fork",
+                       max_followups=limit)
+    with running(store, timeout=30):
+        store.subscribe(Event("storm", 0))
+        store.publish()  # sync mode: returns once the storm is over
+        store.flush(timeout=30)
+        published, processed, errors = store.metrics()
+        letters = store.dlq.entries()
+        assert letters and all(isinstance(dl.error, BufferFull) and "max_followups" in str(dl.error)
+                               for dl in letters)
+        assert processed == published and errors == len(letters)
+        assert published < 20 * limit  # a storm of 2**depth, cut off: a few cut-offs at most
+        assert store._bus.followups == 0 and store.stats().in_flight == 0
+        # the cut-off is lifted once the storm is over: a follow-up goes through again
+        store.subscribe(Event("storm", 10**6))
+        store.dlq.drain()
+        store.publish()
+        store.flush(timeout=30)
+        assert store.metrics()[0] > published + 1

@@ -46,7 +46,8 @@ __all__ = [
     "ROUTES", "EVENTS", "BATCH", "STOP", "ORDERED", "OUTCOME", "FOLLOWUP", "DONE", "ASYNC", "PARKED",
     "ROUTES_HEAD", "JOB_HEAD", "BATCH_HEAD", "OUTCOME_HEAD", "FOLLOWUP_HEAD", "DONE_REC", "ASYNC_REC", "PARKED_REC",
     "CUR_JOB", "CUR_POS", "CUR_PROCESSED", "CUR_ERRORS", "PID", "HANDLED", "CUR_CALL", "WHOLE_EVENT",
-    "call_word", "split_call_word", "CALL_DEADLINE", "deadline_word", "split_deadline_word",
+    "call_word", "split_call_word", "FOLLOWUP_ROOM", "FOLLOWUPS_TAKEN", "CALL_DEADLINE", "deadline_word",
+    "split_deadline_word",
     "Entry", "pack_entries", "unpack_entries",
 ]
 
@@ -65,6 +66,11 @@ PARKED_REC = struct.Struct("<Qq")
 
 # Control words (indices into the job channel's spare line).
 CUR_JOB, CUR_POS, CUR_PROCESSED, CUR_ERRORS, PID, HANDLED, CUR_CALL, CALL_DEADLINE = range(8)
+# Control words of a worker's *result* channel, written by the parent (the worker only reads
+# them, in ctx.emit): how many follow-ups the store takes now (max_followups), and how many
+# FOLLOWUP records of this worker the parent has read (the rest are in transit).
+FOLLOWUP_ROOM, FOLLOWUPS_TAKEN = range(2)
+
 WHOLE_EVENT = 0xFFFF  # an OUTCOME's call number when it stands for every call of its event
 CALL_BITS = 16
 

@@ -33,7 +33,8 @@ from .._errors import RemoteError
 from .._event import Event
 from .._transport.codec import DECODE_HANDLER, UNDECODABLE, decode_event
 from .._transport.records import (
-    ASYNC, ASYNC_REC, DONE, DONE_REC, FOLLOWUP, FOLLOWUP_HEAD, OUTCOME, OUTCOME_HEAD, PARKED, PARKED_REC,
+    ASYNC, ASYNC_REC, DONE, DONE_REC, FOLLOWUP, FOLLOWUP_HEAD, FOLLOWUPS_TAKEN, OUTCOME,
+    OUTCOME_HEAD, PARKED, PARKED_REC,
 )
 from .._transport.packing import Encoded
 from .executor import Host
@@ -144,11 +145,15 @@ class Collector:
         for handle in self._pool.handles:
             self.read_channel(handle)
         self._pool.place_backlog()
+        self._pool.write_followup_room()
 
     def read_channel(self, handle: WorkerHandle) -> None:
         results = handle.results
         while (record := results.get()) is not None:
             take_record(self._pool, *record)
+            if record[0] == FOLLOWUP:
+                handle.followups_taken += 1
+        results.set_control(FOLLOWUPS_TAKEN, handle.followups_taken)  # what ctx.emit there checks
 
 
 class Book(Protocol):

@@ -64,6 +64,10 @@ class Host(Protocol):
     def handled_early(self, change: int) -> None:
         """``change`` more events are handled in slots the executor still holds (negative as
         those slots are released); for ``stats().in_flight`` only, ``flush()`` waits for slots."""
+    def followups_done(self, count: int) -> None:
+        """``count`` follow-ups were handled (sync mode) or dropped at close (worker mode)."""
+    def followup_room(self) -> int:
+        """How many more follow-ups may be emitted now."""
 
 
 class Executor(Protocol):
@@ -174,6 +178,7 @@ class InlineExecutor:
         flight. An exception thrown in (or raised here) ends the rounds with nothing in
         flight and every future completed."""
         host = self._host
+        of_followups = False  # the first round is the published events, later ones follow-ups
         while count:
             followups: list[Run] = []
 
@@ -195,13 +200,16 @@ class InlineExecutor:
                 for submission in submissions:  # interrupted (Ctrl-C in a handler): never pending
                     submission.complete(exc)
                 host.finished(count + len(followups))  # interrupted: nothing stays in flight
+                host.followups_done(len(followups) + (count if of_followups else 0))
                 raise
             finally:
                 tally.close()
             for submission in submissions:
                 submission.complete()
             host.finished(count)
-            count, runs = len(followups), followups
+            if of_followups:
+                host.followups_done(count)
+            count, runs, of_followups = len(followups), followups, True
 
     def wait(self, ticket: Ticket, timeout: float | None) -> None:
         return None  # inline work is done when submit() returns

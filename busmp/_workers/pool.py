@@ -41,8 +41,8 @@ from .._transport.packing import Encoded
 from .._dispatch import handler_name
 from .._transport.codec import UNDECODABLE
 from .._transport.records import (
-    BATCH, CALL_DEADLINE, CUR_CALL, CUR_JOB, CUR_POS, CUR_PROCESSED, EVENTS, HANDLED, PID, STOP, WHOLE_EVENT,
-    split_call_word, split_deadline_word,
+    BATCH, CALL_DEADLINE, CUR_CALL, CUR_JOB, CUR_POS, CUR_PROCESSED, EVENTS, FOLLOWUP_ROOM, HANDLED, PID, STOP,
+    WHOLE_EVENT, split_call_word, split_deadline_word,
 )
 from .._transport.stats import DEAD, STARTING
 from . import processes
@@ -137,6 +137,8 @@ class ProcessExecutor:
     def _start(self, handle: WorkerHandle) -> None:
         # The position's statistics line is the parent's while no process fills it: STARTING
         # now; from its start on, the worker writes it (see _transport.stats).
+        handle.followups_taken = 0  # its result channel is new or was reset
+        handle.results.set_control(FOLLOWUP_ROOM, self.host.followup_room())
         block = self.host.stats_block
         block.set_worker(handle.index, 0, STARTING)
         processes.start(self.mp, handle, worker_main, (self._ring_name, self.collector.notify_w, os.getpid(),
@@ -390,6 +392,16 @@ class ProcessExecutor:
                 self._charge(job, (0, 0), error)
         if self._broken is not None:
             self._fail_orphans()
+        if not self._released:
+            self.write_followup_room()
+
+    def write_followup_room(self) -> None:
+        """Tell every worker how many follow-ups the store takes now (what ``ctx.emit`` checks
+        there, see ``max_followups``): after each round of reading, since any channel's DONE
+        may have given room back to all of them."""
+        room = self.host.followup_room()
+        for handle in self.handles:
+            handle.results.set_control(FOLLOWUP_ROOM, room)
 
     # -- handler_timeout ------------------------------------------------------------------
     def check_deadlines(self) -> None:
@@ -577,6 +589,7 @@ class ProcessExecutor:
             self.host.accounting.dead_letter(event, StoreClosed("store drained before the follow-up ran"), 1,
                                              CRASH_HANDLER)
             self.host.finished(1)
+            self.host.followups_done(1)
 
     def _release_resources(self) -> None:
         self._released = True

@@ -51,6 +51,7 @@ class WorkerHandle:
     started_at: float = 0.0
     restart_at: float | None = None  # a replacement is due then (a back-off after quick deaths)
     quick_deaths: int = 0      # deaths in a row of processes that lived less than a second here
+    followups_taken: int = 0   # FOLLOWUP records read from its current process
     overdue: int | None = None  # the CALL_DEADLINE word of the call the parent killed it for
 
     @property

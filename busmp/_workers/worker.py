@@ -36,13 +36,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .._transport.channel import Channel
 from .._transport.codec import DECODE_HANDLER, FLAG_REPORT, decode_events, dumps, encode_event, portable_exception
 from .._dispatch import BatchRoute, Routes
-from .._errors import RemoteError
+from .._errors import BufferFull, RemoteError
 from .._event import BACKGROUND, Context, Event, Result, current_emitter
 from .._pipeline import NO_RESULT, BatchRest, ChainRest, Continuation, Item, run_chunk
 from .._transport.records import (
     ASYNC, ASYNC_REC, BATCH, BATCH_HEAD, CALL_DEADLINE, CUR_CALL, CUR_JOB, CUR_POS, CUR_PROCESSED, DONE,
-    DONE_REC, FOLLOWUP, FOLLOWUP_HEAD, EVENTS, HANDLED, JOB_HEAD, ORDERED, OUTCOME, OUTCOME_HEAD, PARKED,
-    PARKED_REC, PID, ROUTES, ROUTES_HEAD, STOP, WHOLE_EVENT, Entry, call_word, deadline_word, unpack_entries,
+    DONE_REC, FOLLOWUP, FOLLOWUP_HEAD, FOLLOWUP_ROOM, FOLLOWUPS_TAKEN, EVENTS, HANDLED, JOB_HEAD, ORDERED,
+    OUTCOME, OUTCOME_HEAD, PARKED, PARKED_REC, PID, ROUTES, ROUTES_HEAD, STOP, WHOLE_EVENT, Entry, call_word,
+    deadline_word, unpack_entries,
 )
 from .._transport.ring import SPIN_ALLOWED, SlotRing
 from .._transport.stats import BUSY, IDLE, W_HANDLED, W_JOBS, WorkerLine
@@ -85,6 +86,7 @@ def worker_main(jobs_name: str, results_name: str, doorbell: Any, ring_name: str
 
 class Worker:
     watches_before = False  # the parent fires on_before when an outcome arrives
+    emitted = 0  # FOLLOWUP records sent; a class default for workers built without __init__ (Ray)
 
     def __init__(self, ring: SlotRing, jobs: Channel, results: Channel, doorbell_fd: int,
                  notify_fd: int, owner: Owner, handler_timeout: float | None = None) -> None:
@@ -94,6 +96,8 @@ class Worker:
         os.set_blocking(notify_fd, False)
         self.owner = owner
         self.start_running(jobs)
+        # With a handler_timeout, every call is wrapped to publish its deadline (see ``timed``).
+        self.timeout_ns = int(handler_timeout * 1e9) if handler_timeout else 0
 
     def start_running(self, controls: Controls) -> None:
         """The state of running handlers, with the control words its progress goes to. The
@@ -101,11 +105,11 @@ class Worker:
         alone, and overrides :meth:`read_slot`, :meth:`put_result` and :meth:`notify_parent`."""
         self.controls = controls
         self.routes = Routes()
-        # With a handler_timeout, every call is wrapped to publish its deadline (see ``timed``).
-        self.timeout_ns = int(handler_timeout * 1e9) if handler_timeout else 0
+        self.timeout_ns = 0  # no handler_timeout (the process executor's workers may set one)
         self.timed_chains: dict[Hashable, tuple[tuple[Any, str], ...]] = {}
         self.last_decoded: tuple[tuple[int, int], Decoded | None] = ((-1, -1), None)
         self.want_outcomes = False
+        self.emitted = 0  # FOLLOWUP records sent
         self.handled = 0
         # Per-job state, for the observer callbacks. ``quiet``: successes not reported one by
         # one (no hooks want them); the parent counts every reported outcome itself.
@@ -489,8 +493,23 @@ class Worker:
         self.put_result(OUTCOME, head + name + body)
 
     def emit(self, event: Event, ctx: Context) -> None:
+        room = self.followup_room()
+        if room is not None and room <= 0:
+            raise BufferFull(followups_refused_here())
         payload, flags, _ = encode_event(event, ctx if ctx is not BACKGROUND else None, out_of_band=False)
         self.put_result(FOLLOWUP, FOLLOWUP_HEAD.pack(flags) + payload)
+        self.emitted += 1
+
+    def followup_room(self) -> int | None:
+        """How many more follow-ups this worker may emit (max_followups): the room the parent
+        last wrote into the result channel, less what this worker sent that it has not read
+        yet. A storm is refused here, in the emitting handler, as in sync mode; other workers'
+        sends in transit are not seen, so the store may go past the cap by a little, never for
+        long. None where there is no such channel (a Ray actor: not checked there yet)."""
+        results = getattr(self, "results", None)
+        if results is None:
+            return None
+        return int(results.control(FOLLOWUP_ROOM) - (self.emitted - results.control(FOLLOWUPS_TAKEN)))
 
     def read_slot(self, slot: int, seq: int) -> tuple[Any, int, list[Any]]:
         """What a slot holds: payload, codec flags, out-of-band buffers."""
@@ -532,6 +551,13 @@ class Controls(Protocol):
 
     def set_control(self, i: int, value: int) -> None: ...
     def control_words(self) -> tuple[Any, int]: ...
+
+
+def followups_refused_here() -> str:
+    return ("ctx.emit refused: the store's max_followups follow-up events are outstanding, and emit "
+            "stays refused until every one of them has been handled. A handler that emits more than "
+            "one event per event it handles makes a storm that never ends; emit fewer, or raise "
+            "EventStore(..., max_followups=N)")
 
 
 class Owner:
