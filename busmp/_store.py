@@ -118,6 +118,7 @@ class EventStore:
                              f"outstanding at once), got {max_followups!r}")
         name = _stats.check_name(name) if name is not None else f"bus-{os.getpid()}-{next(_store_numbers)}"
         _stats.sweep()  # blocks of this user's stores that were killed
+        _shm.sweep_orphans()  # their rings, channels and spill blocks too
         prefix = _shm.new_prefix()
         from ._transport.ring import arena_pages
 

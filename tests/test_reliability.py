@@ -526,3 +526,63 @@ def test_a_doubling_storm_is_cut_off_and_dies_down(workers):
         store.publish()
         store.flush(timeout=30)
         assert store.metrics()[0] > published + 1
+
+
+# -- smaller: orphaned shared memory, a handler that cannot travel ---------------------------
+
+def test_a_new_store_sweeps_the_blocks_of_dead_processes_and_only_those(tmp_path):
+    from busmp import EventStore
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        orphan = f"/dev/shm/busmp_{dead.pid}_0badc0de_ring"
+        kept = f"/dev/shm/busmp_{alive.pid}_0badc0de_ring"
+        not_ours = "/dev/shm/busmp_x_notastore"
+        for path in (orphan, kept, not_ours):
+            with open(path, "wb") as f:
+                f.write(b"\0" * 64)
+        try:
+            with running(make_store(Dispatcher(), "fork", workers=1)):
+                pass
+            assert not os.path.exists(orphan)  # its owner is gone: swept
+            assert os.path.exists(kept) and os.path.exists(not_ours)
+        finally:
+            for path in (orphan, kept, not_ours):
+                if os.path.exists(path):
+                    os.unlink(path)
+    finally:
+        alive.kill()
+        alive.wait(10)
+
+
+class HoldsALock:
+    def __init__(self):
+        self.lock = threading.Lock()
+
+    def __call__(self, ctx, ev):
+        return None
+
+
+def test_a_handler_that_cannot_travel_is_named_with_the_fix():
+    d = Dispatcher()
+    d.register("p", HoldsALock())
+    with running(make_store(d, "fork", workers=1)) as store:
+        store.subscribe(Event("p"))
+        with pytest.raises(TypeError) as raised:
+            store.publish()
+        message = str(raised.value)
+        assert "handler test_reliability.HoldsALock of projection 'p' cannot be pickled" in message
+        assert "module-level function" in message and "cannot be unregistered" in message
+
+
+def test_a_stores_shared_memory_is_for_its_user_alone():
+    import stat
+
+    with running(make_store(Dispatcher(), "fork", workers=1, name="secret-test")):
+        mine = [n for n in os.listdir("/dev/shm")
+                if n.startswith(f"busmp_{os.getpid()}_") or n.endswith("_secret-test")]
+        assert len(mine) >= 4  # ring, job and result channel, statistics
+        for name in mine:
+            assert stat.S_IMODE(os.stat(f"/dev/shm/{name}").st_mode) == 0o600, name

@@ -147,7 +147,9 @@ def pickle_routes(routes: Routes) -> bytes:
                 raise TypeError(
                     f"{what} cannot be pickled for the worker processes ({type(culprit).__name__}: "
                     f"{culprit}); workers need a module-level function or a callable whose state "
-                    "pickles (no locks, open files, sockets or mmaps), or use workers=0") from culprit
+                    "pickles (no locks, open files, sockets or mmaps), or use workers=0. A handler "
+                    "cannot be unregistered: every publish() of this store fails until the store is "
+                    "rebuilt on a Dispatcher without it") from culprit
         raise TypeError(f"the handlers cannot be pickled for the worker processes: {exc}") from exc
 
 
