@@ -416,8 +416,8 @@ class ProcessExecutor:
             word = handle.jobs.control(CALL_DEADLINE)
             if word and split_deadline_word(word)[0] < now:
                 handle.overdue = word
-                log.warning("busmp worker %d (pid %s): a handler call ran past its deadline; killing it",
-                            handle.index, handle.process.pid)
+                log.warning("busmp store %r: worker %d (pid %s): a handler call ran past its deadline; "
+                            "killing the worker", self.host.name, handle.index, handle.process.pid)
                 processes.kill(handle)
 
     def _timeout_error(self, word: int, pid: int) -> Callable[[str], BaseException]:
@@ -496,6 +496,7 @@ class ProcessExecutor:
         log.warning("busmp store %r: worker %d (pid %s) died with exit code %s; starting a replacement%s",
                     self.host.name, handle.index, pid, exitcode, f" in {delay:.2f} s" if delay else "")
         handle.restart_at = time.monotonic() + delay
+        handle.previous_pid = pid
         if not delay:
             self._start_due()
 
@@ -525,8 +526,8 @@ class ProcessExecutor:
                 handle.restart_at = now + 1.0
                 next_due = 1.0 if next_due is None else min(next_due, 1.0)
                 continue
-            log.info("busmp store %r: worker %d replaced: pid %s took over", self.host.name,
-                     handle.index, handle.process.pid)
+            log.info("busmp store %r: worker %d replaced: pid %s took over from pid %s", self.host.name,
+                     handle.index, handle.process.pid, handle.previous_pid)
             if handle.outstanding:  # jobs of a group written to its channel while it was down
                 processes.ring_doorbell(handle)
             self.feeder.feed(set())

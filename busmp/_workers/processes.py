@@ -49,6 +49,7 @@ class WorkerHandle:
     parked: int = 0            # outstanding jobs whose handlers only await (not queued work)
     crashed_handled: int = 0   # events handled by earlier processes in this position
     started_at: float = 0.0
+    previous_pid: int = 0      # the process a pending replacement takes over from
     restart_at: float | None = None  # a replacement is due then (a back-off after quick deaths)
     quick_deaths: int = 0      # deaths in a row of processes that lived less than a second here
     followups_taken: int = 0   # FOLLOWUP records read from its current process
