@@ -404,15 +404,21 @@ class Worker:
         kept: consecutive jobs share a chunk's slot where the planner split it."""
         if self.last_decoded[0] == (slot, seq):
             return self.last_decoded[1]
+        words, index = self.progress[0], self.progress[1] + CALL_DEADLINE
+        if self.timeout_ns:  # unpickling runs the payload's own code, which may never return
+            words[index] = deadline_word(self.timeout_ns, None)
         try:
             payload, flags, buffers = self.read_slot(slot, seq)
             events, ctx, attempts = decode_events(payload, flags, buffers)
             report = bool(flags & FLAG_REPORT)
-        except Exception as exc:
+        except BaseException as exc:  # a payload raising SystemExit on load: the worker lives on
             for n in range(count):
                 self.report(pos + n, DECODE_HANDLER, None, exc, WHOLE_EVENT)
             self.controls.set_control(CUR_POS, pos + count)
             return None
+        finally:
+            if self.timeout_ns:
+                words[index] = 0
         decoded = (events, ctx if ctx is not None else BACKGROUND, attempts, report)
         self.last_decoded = ((slot, seq), decoded)
         return decoded
@@ -483,11 +489,18 @@ class Worker:
         which counts it, fires the hooks and makes the dead letter."""
         if error is not None:
             error = portable_exception(error, f"raised in busmp worker process {os.getpid()} by handler {handler}")
+        words, index = self.progress[0], self.progress[1] + CALL_DEADLINE
+        if self.timeout_ns:  # pickling a result runs its own code, which may never return
+            words[index] = deadline_word(self.timeout_ns, None)
         try:
             body = dumps((result, error))[0]
-        except Exception as exc:  # an unpicklable Result.value
-            error = RemoteError("TypeError", f"handler {handler} returned a result that cannot be pickled: {exc}")
+        except BaseException as exc:  # an unpicklable Result.value (SystemExit included: the worker lives on)
+            error = RemoteError(type(exc).__name__,
+                                f"handler {handler} returned a result that cannot be pickled: {exc!r}")
             body = dumps((None, error))[0]
+        finally:
+            if self.timeout_ns:
+                words[index] = 0
         name = handler.encode()[:0xFFFF]
         head = OUTCOME_HEAD.pack(self.job if job is None else job, pos, len(name), error is not None, call)
         self.put_result(OUTCOME, head + name + body)
