@@ -365,6 +365,10 @@ class ProcessExecutor:
             started = controls.control(PID) != 0
             handle.crashed_handled += controls.control(HANDLED)
             dead_jobs = list(handle.outstanding.values())
+            # Taken out of the position at once: from here on they are this thread's to charge
+            # (or hand over), and nothing else (_fail_orphans in a producer) can take them too.
+            handle.outstanding.clear()
+            handle.queued = handle.parked = 0
             current = next((job for job in dead_jobs if job.id == cur_job), None)
             first, quiet_at = (0, 0), 0
             if current is not None:
@@ -435,13 +439,8 @@ class ProcessExecutor:
         the queue for the other workers (they never ran, so this is no re-run). Returns the jobs
         left to charge: the current one, up to and including its event ``pos`` (the one that was
         running, or may have been). Under the lock."""
-        unstarted: list[Job] = []
-        for job in dead_jobs:
-            if job is current or job.parked:  # a parked job (handlers awaiting) has started
-                continue
-            handle.outstanding.pop(job.id, None)
-            handle.queued -= job.events
-            unstarted.append(job)
+        # A parked job (its handlers awaiting) has started: it is charged, never handed over.
+        unstarted = [job for job in dead_jobs if job is not current and not job.parked]
         if current is not None and not current.parked and current.kind != BATCH and pos + 1 < current.events:
             tail = Job(self.planner.new_job_id(), current.worker, current.kind,
                        current.entries_from(pos + 1), current.ticket, current.batch)
@@ -468,6 +467,8 @@ class ProcessExecutor:
             self.unassigned.clear()
             for handle in self.handles:
                 orphans.extend(handle.outstanding.values())
+                handle.outstanding.clear()
+                handle.queued = handle.parked = 0
         for job in orphans:
             self._charge(job, (0, 0), WorkerCrashed(*self._last_death))
 
