@@ -108,7 +108,8 @@ def main(argv: list[str]) -> int:
     rss0 = None
     n = 0
     bad = False
-    print(f"{'seconds':>8} {'events':>9} {'kills':>6} {'timeouts':>8} {'lost':>5} {'dup':>5} {'rss MiB':>8} {'growth':>7}")
+    print(f"{'seconds':>8} {'events':>9} {'kills':>6} {'timeouts':>8} {'lost':>5} {'dup':>5} "
+          f"{'rss MiB':>8} {'growth':>7}")
     started = time.monotonic()
     until = started + args.minutes * 60
     try:

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = [
-    "PREFIX", "new_prefix", "sweep_orphans", "create", "create_with_header", "attach", "release", "unlink_quietly", "room",
+    "PREFIX", "new_prefix", "sweep_orphans", "create", "create_with_header", "attach", "release",
+    "unlink_quietly", "room",
 ]
 
 PREFIX = "busmp_"
