@@ -586,3 +586,29 @@ def test_a_stores_shared_memory_is_for_its_user_alone():
         assert len(mine) >= 4  # ring, job and result channel, statistics
         for name in mine:
             assert stat.S_IMODE(os.stat(f"/dev/shm/{name}").st_mode) == 0o600, name
+
+
+async def awaits_on_hang(ctx, ev):
+    import asyncio
+
+    if ev.id == "hang":
+        await asyncio.sleep(30)
+    return None
+
+
+def test_an_async_call_past_handler_timeout_is_cancelled_and_its_worker_lives_on():
+    d = Dispatcher()
+    d.register("p", awaits_on_hang)
+    with running(timeout_store(d, handler_timeout=0.3)) as store:
+        calls = record_calls(store)
+        pids = [h.process.pid for h in store._bus.executor.handles]
+        store.subscribe_many([Event("p", id="hang"), *(Event("p", id=str(i)) for i in range(20))])
+        started = time.monotonic()
+        store.publish()
+        store.flush(timeout=10)
+        assert time.monotonic() - started < 5
+        (letter,) = store.dlq.entries()
+        assert letter.event.id == "hang" and isinstance(letter.error, TimeoutError)
+        assert "awaits_on_hang ran past handler_timeout=0.3 s" in str(letter.error)
+        assert calls == {("hang", "TimeoutError"): 1, **{(str(i), None): 1 for i in range(20)}}
+        assert [h.process.pid for h in store._bus.executor.handles] == pids  # nobody was killed

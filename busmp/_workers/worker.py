@@ -38,7 +38,7 @@ from .._transport.codec import DECODE_HANDLER, FLAG_REPORT, decode_events, dumps
 from .._dispatch import BatchRoute, Routes
 from .._errors import BufferFull, RemoteError
 from .._event import BACKGROUND, Context, Event, Result, current_emitter
-from .._pipeline import NO_RESULT, BatchRest, ChainRest, Continuation, Item, run_chunk
+from .._pipeline import NO_RESULT, BatchRest, ChainRest, Continuation, Item, returns_awaitable, run_chunk
 from .._transport.records import (
     ASYNC, ASYNC_REC, BATCH, BATCH_HEAD, CALL_DEADLINE, CUR_CALL, CUR_JOB, CUR_POS, CUR_PROCESSED, DONE,
     DONE_REC, FOLLOWUP, FOLLOWUP_HEAD, FOLLOWUP_ROOM, FOLLOWUPS_TAKEN, EVENTS, HANDLED, JOB_HEAD, ORDERED,
@@ -428,7 +428,7 @@ class Worker:
         projection: Hashable = list(self.routes.batches)[key]
         route: BatchRoute = self.routes.batches[projection][route_index]
         if self.timeout_ns:
-            route = BatchRoute(route.size, self.timed(route.handler), route.name)
+            route = BatchRoute(route.size, self.timed(route.handler, route.name), route.name)
         # A projection that only shares the hash of the batch projection is not delivered.
         chunk = [item for item in self.items() if item.event.projection == projection]
         if chunk:
@@ -444,23 +444,36 @@ class Worker:
     def timed_chain(self, projection: Hashable) -> tuple[tuple[Any, str], ...]:
         chain = self.timed_chains.get(projection)
         if chain is None:
-            chain = tuple((self.timed(fn), name) for fn, name in self.routes.chains(projection))
+            chain = tuple((self.timed(fn, name), name) for fn, name in self.routes.chains(projection))
             self.timed_chains[projection] = chain
         return chain
 
-    def timed(self, fn: Any) -> Any:
+    def timed(self, fn: Any, name: str) -> Any:
         """``fn`` (a handler in its middleware chain, or a batch handler) writing the deadline
         of each call into CALL_DEADLINE while it runs. The parent kills a worker whose call is
-        past it: a running call cannot be stopped any other way (it may never return)."""
+        past it: a running call cannot be stopped any other way (it may never return).
+
+        A call that returns an awaitable (``async def``) is over at once as far as the word is
+        concerned; what it awaits is bounded on the worker's loop instead, where it can be
+        cancelled: past the deadline it ends with ``TimeoutError`` and the worker lives on. A
+        coroutine that blocks the loop without awaiting is not bounded (nothing can stop it
+        short of the process, and the loop runs the other events' continuations too)."""
         words, base = self.progress
         index, limit = base + CALL_DEADLINE, self.timeout_ns
 
         def call(ctx: Context, arg: Any) -> Any:
+            started = time.monotonic()
             words[index] = deadline_word(limit, ctx.deadline)
             try:
-                return fn(ctx, arg)
+                result = fn(ctx, arg)
             finally:
                 words[index] = 0
+            if returns_awaitable(result):
+                seconds = limit / 1e9 - (time.monotonic() - started)
+                remaining = ctx.remaining()
+                by_ctx = remaining is not None and remaining < seconds
+                return _bounded(result, remaining if by_ctx else seconds, name, by_ctx, limit / 1e9)
+            return result
 
         return call
 
@@ -564,6 +577,17 @@ class Controls(Protocol):
 
     def set_control(self, i: int, value: int) -> None: ...
     def control_words(self) -> tuple[Any, int]: ...
+
+
+async def _bounded(awaitable: Any, seconds: float | None, name: str, by_ctx: bool, limit: float) -> Any:
+    """Await an async handler's call for at most ``seconds`` (see ``Worker.timed``)."""
+    import asyncio
+
+    try:
+        return await asyncio.wait_for(awaitable, max(seconds or 0.0, 0.0))
+    except TimeoutError:
+        what = "its context's deadline" if by_ctx else f"handler_timeout={limit:g} s"
+        raise TimeoutError(f"handler {name} ran past {what}; the awaiting call was cancelled") from None
 
 
 def followups_refused_here() -> str:
