@@ -30,7 +30,7 @@ import os
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -445,12 +445,16 @@ class ProcessExecutor:
             tail = Job(self.planner.new_job_id(), current.worker, current.kind,
                        current.entries_from(pos + 1), current.ticket, current.batch)
             tail.routes = current.routes
-            for slot in tail.slots:
-                self.refs[slot] += 1  # before the current job's end drops its references
             self.jobs[tail.id] = tail
             if tail.ticket is not None:
                 tail.ticket.jobs += 1
-            current.truncate(pos + 1)  # its end counts only the events it kept (handled_early)
+            # The current job keeps events 0..pos (its end then counts only those, see
+            # handled_early); slot references follow the entries: a slot is referenced once per
+            # entry naming it, and the entry cut in two is now named by both jobs.
+            named = Counter(current.slots)
+            current.truncate(pos + 1)
+            for slot, more in (Counter(current.slots) + Counter(tail.slots) - named).items():
+                self.refs[slot] += more
             unstarted.insert(0, tail)
         self.unassigned.extendleft(reversed(unstarted))
         if unstarted:
