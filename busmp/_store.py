@@ -81,10 +81,10 @@ class EventStore:
       the other workers (they never ran: no re-run). A context deadline that passes first
       counts the same. The deadline is enforced by the collector thread, a tenth of the
       timeout late at most (10 ms to 1 s). An ``async def`` handler's awaiting is cancelled at
-      the deadline instead (a ``TimeoutError`` dead letter; its worker lives on). In sync mode (``workers=0``) a running call cannot
-      be stopped, so the option is refused there with ``ValueError``; a handler that must
-      not hang the caller there checks ``ctx.expired`` itself. The Ray backend does not
-      enforce it yet and refuses it (``ValueError``).
+      the deadline instead (a ``TimeoutError`` dead letter; its worker lives on). In sync mode
+      (``workers=0``) a running call cannot be stopped, so the option is refused there with
+      ``ValueError``; a handler that must not hang the caller there checks ``ctx.expired``.
+      The Ray backend does not enforce it yet and refuses it (``ValueError``).
     * ``max_followups``: how many follow-up events (``ctx.emit``) may be outstanding (emitted
       and not yet handled) at once. When they reach it, ``ctx.emit`` raises ``BufferFull``,
       and keeps refusing until every outstanding follow-up has been handled, so that a handler

@@ -213,7 +213,7 @@ def test_a_fault_in_a_hook_is_logged_and_changes_nothing(kind, caplog):
 
         store.on_after(counting)
         store.on_after(faulty)
-        names = ids("e", 6) + ["bad"]
+        names = [*ids("e", 6), "bad"]
         with caplog.at_level(logging.ERROR, logger="busmp"):
             store.subscribe_many([Event("p", id=i) for i in names])
             store.publish()

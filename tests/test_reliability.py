@@ -531,8 +531,6 @@ def test_a_doubling_storm_is_cut_off_and_dies_down(workers):
 # -- smaller: orphaned shared memory, a handler that cannot travel ---------------------------
 
 def test_a_new_store_sweeps_the_blocks_of_dead_processes_and_only_those(tmp_path):
-    from busmp import EventStore
-
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
