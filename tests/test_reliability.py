@@ -376,6 +376,8 @@ def test_handler_timeout_needs_workers_and_a_positive_number():
     for bad in (0, -1, "1", True, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="handler_timeout must be a number of seconds > 0"):
             EventStore(Dispatcher(), 8, workers=1, handler_timeout=bad)
+    with pytest.raises(ValueError, match="handler_timeout is not enforced by the Ray backend yet"):
+        EventStore(Dispatcher(), 8, workers=1, backend="ray", handler_timeout=1.0)
 
 
 def timeout_store(d, **options):
