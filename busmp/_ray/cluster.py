@@ -32,7 +32,8 @@ def require_ray() -> ModuleType:
     except ImportError as exc:
         raise ImportError(f"backend='ray' needs Ray, which is not installed here: {INSTALL_HINT} "
                           "(on every machine of the cluster)") from exc
-    return ray
+    module: ModuleType = ray  # typed the same whether or not Ray (and its stubs) is installed
+    return module
 
 
 def join() -> None:
