@@ -68,7 +68,9 @@ class EventStore:
     * ``check_pickle``: sync mode only. By default ``subscribe`` pickles each event (and drops
       the pickle) to refuse, with a ``TypeError``, an event that could not travel to a worker,
       so that a program moves to ``workers=N`` unchanged. ``False`` skips that check for a
-      purely in-process bus: faster, and events that hold locks or open files are accepted.
+      purely in-process bus, so that events holding locks or open files are accepted (the
+      benchmarks show no measurable speed-up for small events: the pickle is not what a
+      one-event publish waits on).
     * ``backend``: ``"processes"`` (the default) runs local worker processes fed from shared
       memory; ``"ray"`` runs the handlers in ``workers`` Ray actors, on the cluster this process
       is connected to (or a local one it starts), with ``ray_actor_options`` (a dict) passed to
