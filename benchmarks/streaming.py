@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any
 
-from . import _common, _handlers
+from . import _common, _handlers, small_events
 
 NAME = "streaming"
 TITLE = "one event at a time: subscribe (+ publish) per event, 2 worker processes, no-op handler"
@@ -34,14 +34,8 @@ NOTES = [
     "multiprocessing.Queue: the parent puts every item; one consumer process gets them until a sentinel.",
 ]
 
-_ITEMS: list[dict[str, Any]] | None = None
-
-
 def items() -> list[dict[str, Any]]:
-    global _ITEMS
-    if _ITEMS is None:
-        _ITEMS = [{"i": i, "name": "x"} for i in range(N)]
-    return _ITEMS
+    return small_events.items()[:N]  # the same payloads as the bulk workload, fewer of them
 
 
 def _busmp_run(produce: Any) -> float:

@@ -44,7 +44,7 @@ import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
-from .._dispatch import Routes, handler_name
+from .._dispatch import Routes
 from .._errors import BusError, StoreClosed, WorkerCrashed
 from .._pipeline import Ticket
 from .._transport.codec import decode_event
@@ -54,7 +54,7 @@ from .._transport.stats import BUSY, DEAD, IDLE, STARTING
 from .._workers.collector import take_record
 from .._workers.executor import Host
 from .._workers.feeder import pickle_routes
-from .._workers.jobs import MAX_JOB, Job, Planner
+from .._workers.jobs import MAX_JOB, Job, Planner, call_names
 from . import cluster
 from .actor import BusActor
 
@@ -355,20 +355,9 @@ class RayExecutor:
         """Every (event, handler) call of ``job`` becomes a dead letter with ``error``, named
         after its handler (a call's results arrive whole or not at all); the job ends."""
         for pos in range(job.events):
-            for name in self._handler_names(job, pos):
+            for name in call_names(job, pos, self.host):
                 self.settle(job, pos, name, None, error, counted=False, cut=True)
         self.finish(job)
-
-    def _handler_names(self, job: Job, pos: int) -> list[str]:
-        """The calls an actor makes for event ``pos`` of ``job``, by handler name, in order."""
-        assert job.routes is not None
-        routes = job.routes[0]
-        if job.kind == BATCH:
-            key, index = job.batch
-            return [list(routes.batches.values())[key][index].name]
-        event = self.host.item_at(*job.locate(pos), job.ticket).event
-        names = [handler_name(h) for h in routes.handlers.get(event.projection, ())]
-        return names or [CRASH_HANDLER]  # nothing to name (an undecodable slot): one letter for the event
 
     def place_backlog(self) -> None:
         """Move follow-ups into free slots and submit them; the rest wait for released slots."""

@@ -13,13 +13,18 @@ from collections.abc import Sequence
 from bisect import bisect_right
 from dataclasses import dataclass
 from itertools import accumulate
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._dispatch import Routes
+from .._dispatch import Routes, handler_name
 from .._pipeline import Ticket
+from .._transport.codec import UNDECODABLE
 from .._transport.records import BATCH, EVENTS, Entry
 from .._transport.slots import Slots
+
+if TYPE_CHECKING:
+    from .executor import Host
 
 __all__ = ["Job", "Planner", "MAX_JOB", "JOBS_PER_WORKER", "SMALL_PUBLISH"]
 
@@ -190,3 +195,20 @@ def _handler_hashes(routes: Routes) -> np.ndarray:
     return hashes
 
 
+#: The handler name of a dead letter that no handler's call can name (an event no one can read).
+CRASH_HANDLER = "busmp.worker"
+
+
+def call_names(job: Job, pos: int, host: Host) -> list[str]:
+    """The calls a worker (or a Ray actor) makes for event ``pos`` of ``job``, by handler name,
+    in order: what a crash or a timeout charges, one dead letter per call."""
+    assert job.routes is not None
+    routes = job.routes[0]
+    if job.kind == BATCH:
+        key, index = job.batch
+        return [list(routes.batches.values())[key][index].name]
+    event = host.item_at(*job.locate(pos), job.ticket).event
+    names = [handler_name(h) for h in routes.handlers.get(event.projection, ())]
+    if not names and event.projection == UNDECODABLE:
+        names = [CRASH_HANDLER]  # the parent cannot read it either: one letter for the event
+    return names

@@ -38,8 +38,6 @@ from .._errors import BusError, StoreClosed, WorkerCrashed
 from .._pipeline import Ticket
 from .._transport.codec import decode_event
 from .._transport.packing import Encoded
-from .._dispatch import handler_name
-from .._transport.codec import UNDECODABLE
 from .._transport.records import (
     BATCH, CALL_DEADLINE, CUR_CALL, CUR_JOB, CUR_POS, CUR_PROCESSED, EVENTS, FOLLOWUP_ROOM, HANDLED, PID, STOP,
     WHOLE_EVENT, split_call_word, split_deadline_word,
@@ -49,7 +47,7 @@ from . import processes
 from .collector import Collector
 from .executor import Host
 from .feeder import Feeder
-from .jobs import Job, Planner
+from .jobs import CRASH_HANDLER, Job, Planner, call_names
 from .processes import WorkerHandle
 from .worker import worker_main
 
@@ -65,7 +63,6 @@ READY_SECONDS = 60.0      # how long a new store waits for its workers to start
 EARLY_DEATHS_ALLOWED = 3  # workers that fail to start, in a row, before we give up
 QUICK_DEATH_SECONDS = 1.0  # a second worker in a row that dies sooner than this is replaced...
 BACKOFF_SECONDS = (0.02, 1.0)  # ...after a back-off that doubles from the first value up to the second
-CRASH_HANDLER = "busmp.worker"
 
 
 class ProcessExecutor:
@@ -304,13 +301,13 @@ class ProcessExecutor:
         start, skip = first
         awaiting = job.awaiting or {}
         for pos, call in sorted(awaiting.items()):
-            for name in self._handler_names(job, pos)[call:]:
+            for name in call_names(job, pos, self.host)[call:]:
                 self.settle(job, pos, name, None, error, counted=False, cut=True)
         end = job.events if last is None else min(job.events, last + 1)
         for pos in range(start, end):
             if pos in awaiting:
                 continue
-            for name in self._handler_names(job, pos)[skip if pos == start else 0:]:
+            for name in call_names(job, pos, self.host)[skip if pos == start else 0:]:
                 failure = error
                 if timed_out is not None:
                     failure = timed_out(name)
@@ -318,19 +315,6 @@ class ProcessExecutor:
                         timed_out = None  # the calls after it in the fan-out never started
                 self.settle(job, pos, name, None, failure, counted=False, cut=True)
         self.finish(job)
-
-    def _handler_names(self, job: Job, pos: int) -> list[str]:
-        """The calls a worker makes for event ``pos`` of ``job``, by handler name, in order."""
-        assert job.routes is not None
-        routes = job.routes[0]
-        if job.kind == BATCH:
-            key, index = job.batch
-            return [list(routes.batches.values())[key][index].name]
-        event = self.host.item_at(*job.locate(pos), job.ticket).event
-        names = [handler_name(h) for h in routes.handlers.get(event.projection, ())]
-        if not names and event.projection == UNDECODABLE:
-            names = [CRASH_HANDLER]  # the parent cannot read it either: one letter for the event
-        return names
 
     def place_backlog(self) -> None:
         """Move follow-ups into free slots and submit them; the rest wait for released slots."""
