@@ -356,18 +356,24 @@ class Bus:
             if asyncs:
                 with self.lock:
                     self._refuse_async_in_loop(asyncs)
-        with self.lock:
-            slots = self.slots.take_pending()
-            if not slots:
-                return 0
-            events = self.slots.live_events(slots)
-            self._hand_off(events)
+        slots, events = self._take_pending()
+        if not slots:
+            return 0
         try:
             self.executor.submit(slots)
         finally:
             if self.changed is not None and _monotonic() >= self.tick_due:
                 self.changed()
         return events
+
+    def _take_pending(self) -> tuple[list[int], int]:
+        """Every pending slot, and its events, moved into flight (one caller gets each)."""
+        with self.lock:
+            slots = self.slots.take_pending()
+            events = self.slots.live_events(slots)
+            if slots:
+                self._hand_off(events)
+            return slots, events
 
     def _refuse_async_in_loop(self, projections: frozenset[Hashable]) -> None:
         """Sync-mode ``publish()`` inside a running event loop cannot await: refuse, before any
@@ -388,12 +394,9 @@ class Bus:
         if not isinstance(self.executor, InlineExecutor):
             return self.publish()
         self.check_open()
-        with self.lock:
-            slots = self.slots.take_pending()
-            if not slots:
-                return 0
-            events = self.slots.live_events(slots)
-            self._hand_off(events)
+        slots, events = self._take_pending()
+        if not slots:
+            return 0
         try:
             await self.executor.asubmit(slots)
         finally:
