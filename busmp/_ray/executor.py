@@ -52,7 +52,7 @@ from .._transport.packing import Encoded
 from .._transport.records import BATCH
 from .._transport.stats import BUSY, DEAD, IDLE, STARTING
 from .._workers.collector import take_record
-from .._workers.executor import Host
+from .._workers.executor import Host, place_backlog
 from .._workers.feeder import pickle_routes
 from .._workers.jobs import MAX_JOB, Job, Planner, call_names
 from . import cluster
@@ -361,13 +361,8 @@ class RayExecutor:
 
     def place_backlog(self) -> None:
         """Move follow-ups into free slots and submit them; the rest wait for released slots."""
-        if not self.backlog or self.closing:
-            return
-        placed = self.host.place_followups(list(self.backlog))
-        for _ in placed:
-            self.backlog.popleft()
-        if placed:
-            self.submit(placed)
+        if self.backlog and not self.closing:
+            place_backlog(self.host, self.backlog, self.submit)
 
     # -- deaths -------------------------------------------------------------------
     def _on_death(self, slot: ActorSlot, generation: int) -> None:

@@ -18,6 +18,7 @@ Hooks run in whichever of these threads takes an outcome in (see ``pool`` for th
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from typing import Protocol
 
@@ -123,6 +124,16 @@ def _await_now(continuation: Continuation) -> None:
             "sync mode; commit from a thread (`await asyncio.to_thread(tx.commit)`) or use workers=N"))
     else:
         asyncio.run(continuation.run())
+
+
+def place_backlog(host: Host, backlog: deque[Encoded], submit: Callable[[list[int]], None]) -> None:
+    """Move waiting follow-ups into free slots, oldest first, and ``submit`` them; the rest wait
+    for released slots. Shared by the executors whose follow-ups come back from other processes."""
+    placed = host.place_followups(list(backlog))
+    for _ in placed:
+        backlog.popleft()
+    if placed:
+        submit(placed)
 
 
 class InlineExecutor:

@@ -45,7 +45,7 @@ from .._transport.records import (
 from .._transport.stats import DEAD, STARTING
 from . import processes
 from .collector import Collector
-from .executor import Host
+from .executor import Host, place_backlog
 from .feeder import Feeder
 from .jobs import CRASH_HANDLER, Job, Planner, call_names
 from .processes import WorkerHandle
@@ -318,13 +318,8 @@ class ProcessExecutor:
 
     def place_backlog(self) -> None:
         """Move follow-ups into free slots and submit them; the rest wait for released slots."""
-        if not self.backlog or self.closing:
-            return
-        placed = self.host.place_followups(list(self.backlog))
-        for _ in placed:
-            self.backlog.popleft()
-        if placed:
-            self.submit(placed)
+        if self.backlog and not self.closing:
+            place_backlog(self.host, self.backlog, self.submit)
 
     # -- crashes ------------------------------------------------------------------
     def on_death(self, handle: WorkerHandle) -> None:
