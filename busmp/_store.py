@@ -93,7 +93,8 @@ class EventStore:
       emitting more than one event per event (a storm) fails as any failing handler does, a
       dead letter unless it catches the error, and the storm dies down instead of growing
       memory without bound. Workers see the count the collector last wrote, so in worker mode
-      the store may go a little past it; the Ray backend's actors do not check it yet.
+      the store may go a little past it (with the Ray backend, by what the calls in flight
+      emit: an actor sees the room as it was when its call was sent).
     """
 
     def __init__(self, dispatcher: Dispatcher, buffer_size: int = 1 << 16,

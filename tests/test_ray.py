@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from busmp import (
-    BLOCK, DeadLetterQueue, Dispatcher, Event, EventStore, Result, StoreClosed, WorkerCrashed,
+    BLOCK, BufferFull, DeadLetterQueue, Dispatcher, Event, EventStore, Result, StoreClosed, WorkerCrashed,
 )
 
 try:
@@ -268,6 +268,33 @@ def test_emitted_follow_ups_are_handled_and_counted(make):
     parts = sorted(value for data, value, _ in seen if isinstance(data, tuple))
     assert parts == [(i, p) for i in range(20) for p in range(3)]
     assert store.metrics() == (80, 80, 0)
+
+
+def doubles(ctx, event):
+    ctx.emit(Event("storm", event.data + 1))
+    ctx.emit(Event("storm", event.data + 1))
+
+
+def test_a_doubling_storm_in_the_actors_is_cut_off_by_max_followups_and_dies_down(make):
+    d = Dispatcher()
+    d.register("storm", doubles)
+    limit = 200
+    store = make(d, max_followups=limit)
+    store.subscribe(Event("storm", 0))
+    store.publish()
+    store.flush(FLUSH)  # without the cut-off in the actors the storm doubles for ever
+    published, processed, errors = store.metrics()
+    letters = store.dlq.entries()
+    assert letters and all(isinstance(letter.error, BufferFull) and "max_followups" in str(letter.error)
+                           for letter in letters)
+    assert processed == published and errors == len(letters)
+    assert published < 20 * limit  # over the cap by what the calls in flight emit, not more
+    assert store._bus.followups == 0 and store.stats().in_flight == 0
+    store.dlq.drain()
+    store.subscribe(Event("storm", 10**6))  # the storm is over: emit goes through again
+    store.publish()
+    store.flush(FLUSH)
+    assert store.metrics()[0] > published + 1
 
 
 def test_a_lambda_handler_travels_by_value(make):

@@ -29,9 +29,10 @@ __all__ = ["BusActor", "ActorWorker", "Call", "CONTROL_WORDS"]
 CONTROL_WORDS = 16  # room for the progress words a worker writes (see _transport.records)
 
 #: What one call carries: (routes id, want outcomes, routes pickle or None when the actor has
-#: them), (job id, kind, projection index, route index, entries, ordered), and per slot of the job
-#: (slot, seq, payload or None when the parent could not read it, flags, out-of-band buffers).
-Call = tuple[tuple[int, bool, bytes | None], tuple[int, int, int, int, list[Entry], bool],
+#: them, follow-up room), (job id, kind, projection index, route index, entries, ordered), and per
+#: slot of the job (slot, seq, payload or None when the parent could not read it, flags,
+#: out-of-band buffers).
+Call = tuple[tuple[int, bool, bytes | None, int], tuple[int, int, int, int, list[Entry], bool],
              list[tuple[int, int, Any, int, int]]]
 
 
@@ -58,11 +59,12 @@ class ActorWorker(Worker):
         self.payloads: dict[int, tuple[int, Any, int, list[Any]]] = {}
         self.out: list[tuple[int, bytes]] = []
         self.parked_quiet: dict[int, int] = {}
+        self.room = 0
 
     def run_call(self, blob: bytes, buffers: tuple[Any, ...]) -> bytes:
         """Run one job; return its records once every handler of it has ended, ``async def``
         ones included (they overlap while they await, unless the job keeps its order)."""
-        (routes_id, want, routes), (job, kind, key, route, entries, ordered), slots = pickle.loads(blob)
+        (routes_id, want, routes, room), (job, kind, key, route, entries, ordered), slots = pickle.loads(blob)
         if routes is not None:
             self.routes_id = -1
             self.routes, self.want_outcomes = pickle.loads(routes), want
@@ -73,6 +75,7 @@ class ActorWorker(Worker):
         self.payloads = {slot: (seq, payload, flags, [next(rest) for _ in range(count)])
                          for slot, seq, payload, flags, count in slots}
         self.ordered = ordered
+        self.room, self.emitted = room, 0
         try:
             if kind == EVENTS:
                 self.run_events(job, entries)
@@ -83,6 +86,13 @@ class ActorWorker(Worker):
             return pickle.dumps(self.out, 5)
         finally:
             self.out, self.payloads = [], {}
+
+    def followup_room(self) -> int:
+        """``max_followups`` in an actor: the room the parent saw when it sent this call, less
+        what the call has emitted. Calls of other actors, and the parent's count of what is
+        still in flight, are not seen: the store may go past the cap by a call's worth or so,
+        and once the parent sees it reached, every call it sends says there is no room."""
+        return self.room - self.emitted
 
     def read_slot(self, slot: int, seq: int) -> tuple[Any, int, list[Any]]:
         got_seq, payload, flags, buffers = self.payloads[slot]

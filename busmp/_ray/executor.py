@@ -252,7 +252,8 @@ class RayExecutor:
             buffers.extend(np.frombuffer(buffer, np.uint8) for buffer in extra)
         want = self.host.accounting.wants_results
         ordered = job.ticket is not None  # a group's async def handlers are awaited in turn
-        call = ((routes_id, want, shipped), (job.id, job.kind, *job.batch, job.entries, ordered), payloads)
+        room = self.host.followup_room()  # what ctx.emit may send during this call (max_followups)
+        call = ((routes_id, want, shipped, room), (job.id, job.kind, *job.batch, job.entries, ordered), payloads)
         ref = slot.actor.run.remote(pickle.dumps(call, 5), *buffers)
         slot.routes_key = key
         slot.outstanding[job.id] = job
@@ -445,6 +446,7 @@ class RayExecutor:
             self.host.accounting.dead_letter(event, StoreClosed("store drained before the follow-up ran"), 1,
                                              CRASH_HANDLER)
             self.host.finished(1)
+            self.host.followups_done(1)
         self._release()
 
     def abandon(self) -> None:

@@ -531,7 +531,7 @@ class Worker:
         last wrote into the result channel, less what this worker sent that it has not read
         yet. A storm is refused here, in the emitting handler, as in sync mode; other workers'
         sends in transit are not seen, so the store may go past the cap by a little, never for
-        long. None where there is no such channel (a Ray actor: not checked there yet)."""
+        long. None where there is no such channel (a Ray actor has its own, see ``busmp._ray.actor``)."""
         results = getattr(self, "results", None)
         if results is None:
             return None
