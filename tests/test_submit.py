@@ -365,3 +365,155 @@ def test_only_submitted_events_send_their_outcomes_back():
         store.flush(timeout=WAIT)
         assert sorted(settled) == sorted(["test_submit.double", "test_submit.plus_one"] * 4)
         assert store.metrics() == (204, 408, 0)
+
+
+# -- a caller waiting in result() reads the outcome itself (worker mode) ------------------------
+
+def completing_thread(future: Future) -> list[str]:
+    """The name of the thread that completes ``future`` (its callbacks run there)."""
+    names: list[str] = []
+    future.add_done_callback(lambda f: names.append(threading.current_thread().name))
+    return names
+
+
+def test_the_future_is_a_real_concurrent_future_for_wait_as_completed_and_asyncio():
+    import asyncio
+    from concurrent.futures import as_completed, wait
+
+    d = Dispatcher()
+    d.register("p", double)
+    d.register("slow", slow)
+    with store_for(d, 2) as store:
+        futures = [store.submit(Event("p", i)) for i in range(20)]
+        assert all(isinstance(f, Future) for f in futures)
+        done, not_done = wait(futures, timeout=WAIT)
+        assert not not_done and len(done) == 20
+        assert sorted(f.result()[0].value for f in as_completed(futures, timeout=WAIT)) == [2 * i for i in range(20)]
+        # Nobody calls result(): the collector completes the future for as_completed alone.
+        late = store.submit(Event("slow", 0.1))
+        assert [f.result()[0].value for f in as_completed([late], timeout=WAIT)] == [late.result()[0].value]
+
+        async def awaited() -> list[Result]:
+            return await asyncio.wrap_future(store.submit(Event("p", 21)))
+
+        assert asyncio.run(awaited()) == [Result("double", 42)]
+
+
+def test_a_caller_waiting_in_result_takes_the_outcome_in_itself(monkeypatch):
+    """The waiting thread reads the worker's result channel and completes its own future; when
+    its moment is over before the outcome arrives, the collector completes it as ever."""
+    from busmp import _future
+
+    d = Dispatcher()
+    d.register("slow", slow)
+    with store_for(d, 2) as store:
+        monkeypatch.setattr(_future, "HELP_SECONDS", 5.0)
+        future = store.submit(Event("slow", 0.2))
+        names = completing_thread(future)
+        assert future.result(timeout=WAIT)[0].value != os.getpid()
+        assert names == [threading.current_thread().name]
+
+        monkeypatch.setattr(_future, "HELP_SECONDS", 0.01)
+        future = store.submit(Event("slow", 0.3))
+        names = completing_thread(future)
+        assert future.result(timeout=WAIT)[0].value != os.getpid()
+        assert names and names[0].startswith("busmp-collector")
+
+
+def test_result_and_exception_time_out_on_time_while_helping(monkeypatch):
+    from busmp import _future
+
+    d = Dispatcher()
+    d.register("slow", slow)
+    with store_for(d, 2) as store:
+        for help_seconds in (_future.HELP_SECONDS, 5.0):  # the moment of helping shorter or longer than the timeout
+            monkeypatch.setattr(_future, "HELP_SECONDS", help_seconds)
+            future = store.submit(Event("slow", 1.5))
+            for wait_for in (future.result, future.exception):
+                started = time.monotonic()
+                with pytest.raises(TimeoutError):
+                    wait_for(timeout=0.25)
+                assert 0.25 <= time.monotonic() - started < 1.0
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                future.result(timeout=0)
+            assert time.monotonic() - started < 0.1
+            assert future.result(timeout=WAIT)[0].value != os.getpid()
+
+
+def wait_in_threads(future: Future, wanted: str, threads: int) -> list[object]:
+    """``future.result()`` (or ``exception()``) waited for in ``threads`` threads at once."""
+    got: list[object] = []
+
+    def waiter() -> None:
+        got.append(future.exception(timeout=WAIT) if wanted == "exception" else future.result(timeout=WAIT))
+
+    started = [threading.Thread(target=waiter) for _ in range(threads)]
+    for t in started:
+        t.start()
+    for t in started:
+        t.join(WAIT)
+    return got
+
+
+def test_several_threads_waiting_on_one_future_all_get_its_outcome():
+    d = Dispatcher()
+    d.register("slow", slow)
+    d.register("fails", fail_always)
+    with store_for(d, 2) as store:
+        future = store.submit(Event("slow", 0.2))
+        got = wait_in_threads(future, "result", 6)
+        assert len(got) == 6 and all(r == future.result() for r in got)
+        assert future.result()[0].message == "slow"
+        future = store.submit(Event("fails", 7))
+        got = wait_in_threads(future, "exception", 6)
+        assert len(got) == 6 and all(e is future.exception() for e in got) and isinstance(got[0], KeyError)
+
+
+def test_a_caller_waiting_in_result_while_another_thread_drains_gets_store_closed():
+    d = Dispatcher()
+    d.register("slow", slow)
+    store = store_for(d, 1)
+    future = store.submit(Event("slow", 5.0))
+    outcome: list[BaseException | None] = []
+    waiter = threading.Thread(target=lambda: outcome.append(future.exception(timeout=WAIT)))
+    waiter.start()
+    time.sleep(0.2)
+    with pytest.raises(TimeoutError):
+        store.drain(timeout=0.2)
+    waiter.join(WAIT)
+    assert len(outcome) == 1 and isinstance(outcome[0], StoreClosed)
+
+
+def test_result_inside_a_hook_does_not_read_for_itself():
+    """A hook runs in the thread that is reading results: waiting on a future there must not
+    read again; it is a plain wait (here on the very event the hook is about, which cannot
+    complete before its hooks have run: it times out)."""
+    from busmp._outcomes import inside_hook
+
+    d = Dispatcher()
+    d.register("slow", slow)
+    with store_for(d, 2) as store:
+        pool = store._bus.executor
+        helped_in_hook: list[bool] = []
+        real_help = pool.help_collect
+
+        def recording_help(done, seconds):
+            helped_in_hook.append(inside_hook())
+            return real_help(done, seconds)
+
+        pool.help_collect = recording_help
+        futures: list[Future] = []
+        timed_out: list[bool] = []
+
+        def hook(ctx, ev, res, err):
+            try:
+                futures[0].result(timeout=0.05)
+            except TimeoutError:
+                timed_out.append(True)
+
+        store.on_after(hook)
+        futures.append(store.submit(Event("slow", 0.2)))
+        assert futures[0].result(timeout=WAIT)[0].message == "slow"
+        assert timed_out == [True]
+        assert helped_in_hook and not any(helped_in_hook)  # result() helped, the hook did not

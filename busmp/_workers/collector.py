@@ -12,9 +12,12 @@ Its loop has three named steps, as CPython's process-pool manager thread has:
    with a ``handler_timeout``, a worker whose current call is past its deadline is killed here
    (``ProcessExecutor.check_deadlines``), and its death is then handled as any other.
 
-A thread waiting in ``flush()`` may do step 2 itself for a moment (``read_for``): a short round
-trip then wakes one thread instead of two. ``reading`` makes sure one thread at a time reads
-the channels (each channel has one reader).
+A thread waiting in ``flush()`` or in a submitted event's ``result()`` may do step 2 itself for
+a moment (``read_for``): a short round trip then wakes one thread instead of two. ``reading``
+makes sure one thread at a time reads the channels (each channel has one reader). While such a
+thread reads, the collector is not woken by the notify pipe at all (on Linux): the pipe sits in
+an epoll set of its own (the *gate*) that the collector sleeps on, and the reading thread takes
+the pipe out of the gate, and puts it back once it has read what the bytes so far announced.
 """
 
 from __future__ import annotations
@@ -56,6 +59,11 @@ class Collector:
         self.reading = threading.Lock()
         self._notify_r, self.notify_w = pool.mp.Pipe(duplex=False)
         os.set_blocking(self._notify_r.fileno(), False)
+        # The gate (see the module docstring); where there is no epoll, the pipe itself.
+        self._gate = select.epoll() if hasattr(select, "epoll") else None
+        if self._gate is not None:
+            self._gate.register(self._notify_r.fileno(), select.EPOLLIN)
+        self._wake_fd = self._gate.fileno() if self._gate is not None else self._notify_r.fileno()
         self._stop_r, self._stop_w = os.pipe()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         # With a handler_timeout the loop also wakes often enough to kill an overdue call soon
@@ -75,6 +83,8 @@ class Collector:
             pass  # a flush() still reading has finished, and sees the pool closing from now on
 
     def close(self) -> None:
+        if self._gate is not None:
+            self._gate.close()
         self._notify_r.close()
         self.notify_w.close()
         os.close(self._stop_r)
@@ -87,7 +97,7 @@ class Collector:
         while True:
             due = self._pool.start_due()  # replacements whose back-off is over
             handles = [h for h in self._pool.handles if h.process is not None]
-            fds = (self._notify_r.fileno(), self._stop_r, *(h.watch_fd for h in handles))
+            fds = (self._wake_fd, self._stop_r, *(h.watch_fd for h in handles))
             if fds != watched:  # a worker was replaced: watch its descriptor instead
                 poller = select.poll()
                 for fd in fds:
@@ -96,6 +106,8 @@ class Collector:
             ready = self.wait_for_wakeup(poller, self._poll if due is None else min(due, self._poll))
             try:
                 with self.reading:
+                    if self._wake_fd in ready:
+                        self._drain_notify()
                     self.read_results()
                     if self._stop_r in ready:
                         return  # shutdown() takes over the workers from here
@@ -105,10 +117,9 @@ class Collector:
                 log.exception("busmp collector: unexpected error; carrying on")
 
     def wait_for_wakeup(self, poller: Any, seconds: float) -> set[int]:
-        ready = {fd for fd, _ in poller.poll(max(1, int(seconds * 1000)))}
-        if self._notify_r.fileno() in ready:
-            self._drain_notify()
-        return ready
+        # The notify pipe is drained once ``reading`` is held: a thread in read_for() that
+        # held it meanwhile may not have read what the bytes announced yet.
+        return {fd for fd, _ in poller.poll(max(1, int(seconds * 1000)))}
 
     def watch_deaths(self, handles: list[WorkerHandle], ready: set[int]) -> None:
         # A wake-up by results alone costs no check per worker; the poll timeout checks all.
@@ -117,28 +128,53 @@ class Collector:
                 self._pool.on_death(handle)
 
     def read_for(self, done: Callable[[], bool], seconds: float) -> None:
-        """Read results in the calling thread for up to ``seconds`` or until ``done()``; steps
-        aside at once when the collector is reading (it still watches for dying workers)."""
-        until = time.monotonic() + seconds
-        while not done():
-            remaining = until - time.monotonic()
-            if remaining <= 0 or not self.reading.acquire(blocking=False):
-                return
-            try:
-                if self._pool.closing:
-                    return
-                if select.select([self._notify_r], [], [], remaining)[0]:
-                    self._drain_notify()
-                self.read_results()
-            finally:
-                self.reading.release()
+        """Read results in the calling thread for up to ``seconds`` or until ``done()`` (the
+        collector meanwhile only watches for dying workers). If the collector is reading, this
+        waits for it within the same ``seconds``: its round is short, and may complete ``done``.
 
-    def _drain_notify(self) -> None:
+        It polls the result channels rather than sleeping on the notify pipe: waking a thread
+        costs more than a short round trip takes. The CPU is given up between looks (and the
+        GIL with it), so other threads and processes on this core run meanwhile.
+        """
+        until = time.monotonic() + seconds
+        if not self.reading.acquire(timeout=seconds):
+            return
+        try:
+            if self._pool.closing:
+                return
+            handles = self._pool.handles
+            self._mute(True)
+            try:
+                while not done():
+                    if any(h.results.has_data() for h in handles):
+                        self.read_results()
+                    elif time.monotonic() >= until:
+                        break
+                    else:
+                        os.sched_yield()
+            finally:
+                # What the bytes in the pipe announced is read before the pipe wakes the
+                # collector again; a byte written after the drain wakes it, as it should.
+                if self._drain_notify() and any(h.results.has_data() for h in handles):
+                    self.read_results()
+                self._mute(False)
+        finally:
+            self.reading.release()
+
+    def _mute(self, muted: bool) -> None:
+        """Take the notify pipe out of the collector's gate (or put it back). Under ``reading``."""
+        if self._gate is not None:
+            self._gate.modify(self._notify_r.fileno(), 0 if muted else select.EPOLLIN)
+
+    def _drain_notify(self) -> bool:
+        """Empty the notify pipe; whether it held anything."""
+        drained = False
         try:
             while os.read(self._notify_r.fileno(), 65536):
-                pass
+                drained = True
         except BlockingIOError:
             pass
+        return drained
 
     # -- results ----------------------------------------------------------------------
     def read_results(self) -> None:
