@@ -75,7 +75,7 @@ class EventStore:
       memory; ``"ray"`` runs the handlers in ``workers`` Ray actors, on the cluster this process
       is connected to (or a local one it starts), with ``ray_actor_options`` (a dict) passed to
       the actors' ``.options()``. Needs ``pip install 'busmp[ray]'``.
-    * ``handler_timeout``: seconds (worker mode with the process backend). A handler call (with its middleware
+    * ``handler_timeout``: seconds (worker mode, either backend). A handler call (with its middleware
       chain; for a batch handler, one chunk) that runs longer is stopped by killing and
       replacing its worker: that (event, handler) becomes a dead letter with ``TimeoutError``,
       the calls of the same event after it in the fan-out become ``WorkerCrashed`` dead
@@ -86,7 +86,9 @@ class EventStore:
       the deadline instead (a ``TimeoutError`` dead letter; its worker lives on). In sync mode
       (``workers=0``) a running call cannot be stopped, so the option is refused there with
       ``ValueError``; a handler that must not hang the caller there checks ``ctx.expired``.
-      The Ray backend does not enforce it yet and refuses it (``ValueError``).
+      With ``backend="ray"`` the actor is killed (``ray.kill``) and replaced the same way; the
+      collector asks the actors that hold calls whether theirs is overdue (a tenth of the
+      timeout apart, 20 ms to 1 s), and a call that never lets go of the GIL is not stopped.
     * ``max_followups``: how many follow-up events (``ctx.emit``) may be outstanding (emitted
       and not yet handled) at once. When they reach it, ``ctx.emit`` raises ``BufferFull``,
       and keeps refusing until every outstanding follow-up has been handled, so that a handler
@@ -110,9 +112,6 @@ class EventStore:
             raise ValueError("check_pickle=False is for sync mode (workers=0) only: with workers every "
                              "event is pickled to travel; drop the option or use workers=0")
         _validate_backend(backend, workers, ray_actor_options)
-        if handler_timeout is not None and backend == "ray":
-            raise ValueError("handler_timeout is not enforced by the Ray backend yet: drop it, or use "
-                             "backend='processes' (the default)")
         if backend == "ray":
             from ._ray.cluster import require_ray
 
@@ -449,7 +448,7 @@ def _make_executor(bus: Bus, workers: int, start_method: str | None, prefix: str
         from ._ray.cluster import check_actor_options
         from ._ray.executor import RayExecutor
 
-        return RayExecutor(bus, workers, check_actor_options(ray_actor_options), prefix)
+        return RayExecutor(bus, workers, check_actor_options(ray_actor_options), prefix, handler_timeout)
     from ._workers.pool import ProcessExecutor
 
     return ProcessExecutor(bus, workers, start_method, prefix, handler_timeout)

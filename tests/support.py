@@ -77,3 +77,18 @@ def running(store: EventStore, timeout: float = 20.0) -> Iterator[EventStore]:
             pass  # the original failure is the one to report
         raise
     store.drain(timeout=timeout)
+
+
+# -- handlers that hang, for handler_timeout (the process pool's specs and the Ray backend's) --
+def hangs_on_hang(ctx, ev):
+    if ev.id == "hang":
+        time.sleep(30)
+    return None
+
+
+def second_step(ctx, ev):
+    return None
+
+
+def hangs_in_batch(ctx, events):
+    time.sleep(30)

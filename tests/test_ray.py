@@ -9,6 +9,7 @@ two CPUs, started once for the module (Ray starts in seconds, not milliseconds).
 
 from __future__ import annotations
 
+import collections
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import time
 import numpy as np
 import psutil
 import pytest
+from support import hangs_in_batch, hangs_on_hang, second_step
 
 from busmp import (
     BLOCK, BufferFull, DeadLetterQueue, Dispatcher, Event, EventStore, Result, StoreClosed, WorkerCrashed,
@@ -460,6 +462,69 @@ def test_a_dying_actor_turns_exactly_its_events_into_dead_letters_and_is_replace
     assert sorted(data for data, _, err in more if err is None) == [1000 + i for i in range(40)]
     assert victim.pid not in {value for _, value, _ in more}
     assert len(store.stats().per_worker) == 2
+
+
+# -- handler_timeout ---------------------------------------------------------------------
+def actor_pids(store):
+    return [slot.pid for slot in store._bus.executor.actors]
+
+
+def test_a_call_past_handler_timeout_kills_its_actor_and_the_rest_is_handled_once(make):
+    d = Dispatcher()
+    d.register("p", hangs_on_hang, second_step)
+    store = make(d, handler_timeout=0.3)
+    calls = collections.Counter()
+    store.on_after(lambda ctx, ev, res, err: calls.update([(ev.id, type(err).__name__ if err else None)]))
+    n = 200
+    before = actor_pids(store)
+    # Events before "hang" run in the same call: what they reported is settled, not lost.
+    store.subscribe_many([*(Event("p", id=str(i)) for i in range(5)), Event("p", id="hang"),
+                          *(Event("p", id=str(i)) for i in range(5, n))])
+    started = time.monotonic()
+    store.publish()
+    store.flush(FLUSH)
+    assert time.monotonic() - started < 10
+    letters = sorted(store.dlq.entries(), key=lambda letter: letter.handler)
+    assert [(letter.event.id, letter.handler.rsplit(".", 1)[-1], type(letter.error)) for letter in letters] == [
+        ("hang", "hangs_on_hang", TimeoutError), ("hang", "second_step", WorkerCrashed)]
+    assert "hangs_on_hang ran past handler_timeout=0.3 s; its Ray actor" in str(letters[0].error)
+    assert calls == {("hang", "TimeoutError"): 1, ("hang", "WorkerCrashed"): 1,
+                     **{(str(i), None): 2 for i in range(n)}}  # the unstarted ones ran elsewhere, once
+    assert store.metrics() == (n + 1, 2 * (n + 1), 2)
+    assert wait_until(lambda: None not in actor_pids(store), 30)
+    assert len(set(actor_pids(store)) - set(before)) == 1  # one actor killed and replaced
+    stats = store.stats()
+    assert stats.in_flight == 0 and stats.free_slots == stats.slots
+
+
+def test_a_context_deadline_past_in_an_actor_counts_the_same_without_hooks(make):
+    from busmp import Context
+
+    d = Dispatcher()
+    d.register("p", hangs_on_hang)
+    store = make(d, handler_timeout=60)
+    store.subscribe_many([Event("p", id=str(i)) for i in range(3)])
+    store.subscribe(Event("p", id="hang"), Context().with_timeout(0.3))
+    store.subscribe_many([Event("p", id=str(i)) for i in range(3, 6)])
+    store.publish()
+    store.flush(FLUSH)
+    (letter,) = store.dlq.entries()
+    assert letter.event.id == "hang" and isinstance(letter.error, TimeoutError)
+    assert "ran past its context's deadline" in str(letter.error)
+    assert store.metrics() == (7, 7, 1)  # the quiet successes before it in its call are counted once
+
+
+def test_a_batch_call_past_handler_timeout_is_a_timeout_for_each_of_its_events(make):
+    d = Dispatcher()
+    store = make(d, handler_timeout=0.3)
+    store.register_batch("b", 4, hangs_in_batch)
+    store.subscribe_many([Event("b", id=str(i)) for i in range(4)])
+    store.publish()
+    store.flush(FLUSH)
+    letters = store.dlq.entries()
+    assert sorted(letter.event.id for letter in letters) == ["0", "1", "2", "3"]
+    assert all(isinstance(letter.error, TimeoutError) and "hangs_in_batch" in letter.handler for letter in letters)
+    assert store.metrics() == (4, 4, 4)
 
 
 # -- programs ----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import pytest
 
 from busmp import Dispatcher, Event, WorkerCrashed
 
-from support import gone, make_store, running, wait_until
+from support import gone, hangs_in_batch, hangs_on_hang, make_store, running, second_step, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -354,20 +354,6 @@ def test_a_pool_whose_replacements_cannot_start_refuses_before_taking_events(tmp
 
 # -- handler_timeout --------------------------------------------------------------------
 
-def hangs_on_hang(ctx, ev):
-    if ev.id == "hang":
-        time.sleep(30)
-    return None
-
-
-def second_step(ctx, ev):
-    return None
-
-
-def hangs_in_batch(ctx, events):
-    time.sleep(30)
-
-
 def test_handler_timeout_needs_workers_and_a_positive_number():
     from busmp import EventStore
 
@@ -376,8 +362,6 @@ def test_handler_timeout_needs_workers_and_a_positive_number():
     for bad in (0, -1, "1", True, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="handler_timeout must be a number of seconds > 0"):
             EventStore(Dispatcher(), 8, workers=1, handler_timeout=bad)
-    with pytest.raises(ValueError, match="handler_timeout is not enforced by the Ray backend yet"):
-        EventStore(Dispatcher(), 8, workers=1, backend="ray", handler_timeout=1.0)
 
 
 def timeout_store(d, **options):

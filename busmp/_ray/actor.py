@@ -10,21 +10,33 @@ channel (outcomes, follow-ups, DONE), pickled as one ``bytes`` object.
 
 Handlers arrive once per change of the routes, as ``pickle_routes`` made them (cloudpickle,
 by value), so a handler defined in ``__main__`` or in a module the cluster lacks still runs.
+
+``handler_timeout``: the worker writes each call's deadline into its progress words as a local
+worker does (``Worker.timed``), here a list in the actor's memory. :class:`TimedBusActor` runs
+calls in a thread of their own and answers ``overdue()`` from another (a Ray concurrency
+group), so the parent can ask while a call runs: past the deadline (on the actor's own clock)
+the answer is where the job stands and the records it has so far, which the parent settles
+before it kills the actor (see ``executor``). A call that holds the GIL and never lets go
+(a C extension's loop) keeps ``overdue()`` from running, and is not stopped.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import time
 from typing import Any
 
 import ray
 
 from .._transport.ring import CorruptSlot
-from .._transport.records import ASYNC, DONE, DONE_REC, EVENTS, PARKED, PARKED_REC, Entry
+from .._transport.records import (
+    CALL_DEADLINE, CUR_CALL, CUR_JOB, CUR_POS, CUR_PROCESSED, DONE, DONE_REC, EVENTS, PARKED, PARKED_REC, Entry,
+    split_deadline_word,
+)
 from .._workers.worker import _FOR_ALL, Worker
 
-__all__ = ["BusActor", "ActorWorker", "Call", "CONTROL_WORDS"]
+__all__ = ["BusActor", "TimedBusActor", "ActorWorker", "Call", "CONTROL_WORDS", "Overdue"]
 
 CONTROL_WORDS = 16  # room for the progress words a worker writes (see _transport.records)
 
@@ -34,6 +46,9 @@ CONTROL_WORDS = 16  # room for the progress words a worker writes (see _transpor
 #: out-of-band buffers).
 Call = tuple[tuple[int, bool, bytes | None, int], tuple[int, int, int, int, list[Entry], bool],
              list[tuple[int, int, Any, int, int]]]
+#: What ``overdue()`` reports of a call past its deadline: its job, CUR_POS, CUR_CALL,
+#: CUR_PROCESSED, the deadline word, and the records the job has made so far.
+Overdue = tuple[int, int, int, int, int, list[tuple[int, bytes]]]
 
 
 class _Progress:
@@ -53,8 +68,11 @@ class _Progress:
 class ActorWorker(Worker):
     """A :class:`Worker` whose slots come with the call and whose records go back as its result."""
 
-    def __init__(self) -> None:  # no ring, channels or parent to watch: Ray does that
-        self.start_running(_Progress())  # no statistics line: the parent writes the actor's
+    def __init__(self, handler_timeout: float | None = None) -> None:
+        # No ring, channels or parent to watch (Ray does that), no statistics line (the parent
+        # writes the actor's).
+        self.start_running(_Progress())
+        self.timeout_ns = int(handler_timeout * 1e9) if handler_timeout else 0
         self.routes_id = -1
         self.payloads: dict[int, tuple[int, Any, int, list[Any]]] = {}
         self.out: list[tuple[int, bytes]] = []
@@ -100,12 +118,23 @@ class ActorWorker(Worker):
             raise CorruptSlot(f"slot {slot} (event #{seq}) could not be read by the parent")
         return payload, flags, buffers
 
+    def overdue(self) -> Overdue | None:
+        """Where the job stands if the call running now is past its deadline, else None.
+
+        Read from another thread while the call runs. The words and records are taken while the
+        deadline word stays the same (the same call still runs, so the job has not moved on); a
+        follow-up the call emits after this is lost with the actor, as if it had died here."""
+        words = self.progress[0]
+        word = words[CALL_DEADLINE]
+        if not word or split_deadline_word(word)[0] > time.monotonic_ns():
+            return None
+        seen = (words[CUR_JOB], words[CUR_POS], words[CUR_CALL], words[CUR_PROCESSED], word, list(self.out))
+        return seen if words[CALL_DEADLINE] == word else None
+
     def put_result(self, kind: int, payload: bytes) -> None:
-        """Keep a record for the call's result. The call returns whole or not at all, so what
-        a worker announces for its parent's crash accounting (ASYNC, PARKED) is not sent:
-        a parked job's count of quiet successes goes into its DONE instead."""
-        if kind == ASYNC:
-            return
+        """Keep a record for the call's result. A worker's PARKED is for its parent to feed it
+        more; here a call ends with its job, so a parked job's count of quiet successes goes
+        into its DONE instead."""
         if kind == PARKED:
             job, quiet = PARKED_REC.unpack(payload)
             self.parked_quiet[job] = quiet
@@ -119,15 +148,27 @@ class ActorWorker(Worker):
         return None  # the parent hears of everything when the call returns
 
 
-@ray.remote
-class BusActor:
+class _BusActor:
     """The Ray actor: one :class:`ActorWorker`; calls run one at a time, in the order sent."""
 
-    def __init__(self) -> None:
-        self.worker = ActorWorker()
+    def __init__(self, handler_timeout: float | None = None) -> None:
+        self.worker = ActorWorker(handler_timeout)
 
     def pid(self) -> int:
         return os.getpid()
 
     def run(self, blob: bytes, *buffers: Any) -> bytes:
         return self.worker.run_call(blob, buffers)
+
+
+class _TimedBusActor(_BusActor):
+    """With a ``handler_timeout``: ``overdue()`` runs in a thread of its own while a call runs."""
+
+    @ray.method(concurrency_group="watch")
+    def overdue(self) -> Overdue | None:
+        return self.worker.overdue()
+
+
+_remote: Any = ray.remote  # Ray's stubs do not know all of its options (concurrency_groups)
+BusActor: Any = _remote(_BusActor)
+TimedBusActor: Any = _remote(concurrency_groups={"watch": 1})(_TimedBusActor)

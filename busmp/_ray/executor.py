@@ -17,12 +17,28 @@ held with ``RayActorError``: the events of those calls become ``WorkerCrashed`` 
 results arrive whole or not at all, so events of a dying call whose handlers had already run
 are dead letters too: busmp never learns of them, and never runs them again.
 
+``handler_timeout``: the collector asks each actor that holds calls, a tenth of the timeout
+apart, whether its running call is past its deadline (``TimedBusActor.overdue``, answered on
+the actor's own clock). One that is reports where its job stands and the records the job has
+made so far: the collector settles those records, charges the running call with
+``TimeoutError`` and the rest of its event's fan-out with ``WorkerCrashed`` (the process
+pool's ``on_death`` semantics), hands the events not started (the rest of that job, the calls
+sent after it: an actor runs its calls in turn) to the front of the queue, kills the actor
+(``ray.kill``) and starts a new one in its place.
+
+A job belongs to whoever takes it out of its actor position's ``outstanding`` under the lock:
+the returning call settles it, or a death or a timeout charges (or hands over) it, never
+both. A result that arrives for a job no longer there is dropped (the call of a killed actor
+that returned after all). The calls an actor finished before the one that timed out stay
+with their results, which are on their way (or fail, and are charged as a death's).
+
 Lock order: ``RayExecutor.lock`` → ``Bus.lock`` → accounting. Hooks run with no lock held,
 in the collector thread, or in the thread that drains (dead letters of the close).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
@@ -51,12 +67,14 @@ from .._transport.codec import decode_event
 from .._transport.packing import Encoded
 from .._transport.records import BATCH
 from .._transport.stats import BUSY, DEAD, IDLE, STARTING
+from .._transport.records import split_call_word
 from .._workers.collector import take_record
 from .._workers.executor import Host, place_backlog
 from .._workers.feeder import pickle_routes
-from .._workers.jobs import MAX_JOB, Job, Planner, call_names
+from .._workers.jobs import MAX_JOB, Job, Planner, charge_calls, split_unstarted, timeout_error
+from .._workers.pool import _frontier
 from . import cluster
-from .actor import BusActor
+from .actor import BusActor, Overdue, TimedBusActor
 
 __all__ = ["RayExecutor"]
 
@@ -68,6 +86,7 @@ MAX_CALL = 2 * MAX_JOB    # events per call
 READY_SECONDS = 60.0      # how long a new store waits for its actors to start
 EARLY_DEATHS_ALLOWED = 3  # actors that die before starting, in a row, before we give up
 CRASH_HANDLER = "busmp.ray.actor"
+ASK_SECONDS = (0.02, 1.0)  # how often actors are asked for an overdue call: timeout / 10, within these
 _STOP = object()
 
 
@@ -81,7 +100,9 @@ class ActorSlot:
     pid: int | None = None        # as the actor reported it (None until it has)
     routes_key: object = None     # the routes the actor has
     outstanding: dict[int, Job] = field(default_factory=dict)  # jobs of calls in flight
+    sent: dict[int, int] = field(default_factory=dict)  # their actor's generation, by job id
     queued: int = 0               # events in those calls
+    asking: bool = False          # an overdue() call to this actor is on its way (handler_timeout)
     handled: int = 0              # events of calls that returned
 
 
@@ -93,8 +114,12 @@ class _Planner(Planner):
 
 
 class RayExecutor:
-    def __init__(self, host: Host, workers: int, options: dict[str, Any], prefix: str) -> None:
+    def __init__(self, host: Host, workers: int, options: dict[str, Any], prefix: str,
+                 handler_timeout: float | None = None) -> None:
         self.workers = workers
+        self.handler_timeout = handler_timeout
+        low, high = ASK_SECONDS
+        self._ask_every = None if not handler_timeout else min(high, max(low, handler_timeout / 10))
         self.host = host
         self.lock = threading.RLock()
         self._quiet = threading.Condition(self.lock)  # a call returned (shutdown waits on it)
@@ -129,8 +154,9 @@ class RayExecutor:
     def _start(self, slot: ActorSlot) -> None:
         """Start an actor at ``slot``'s position; its pid arrives later (``_pid_arrived``)."""
         slot.generation += 1
-        slot.actor = BusActor.options(**self._options).remote()  # type: ignore[attr-defined]
-        slot.pid, slot.routes_key = None, None
+        actor = TimedBusActor if self.handler_timeout else BusActor
+        slot.actor = actor.options(**self._options).remote(self.handler_timeout)
+        slot.pid, slot.routes_key, slot.asking = None, None, False
         self.host.stats_block.set_worker(slot.index, 0, STARTING)
         generation = slot.generation
         slot.actor.pid.remote().future().add_done_callback(
@@ -257,6 +283,7 @@ class RayExecutor:
         ref = slot.actor.run.remote(pickle.dumps(call, 5), *buffers)
         slot.routes_key = key
         slot.outstanding[job.id] = job
+        slot.sent[job.id] = slot.generation
         slot.queued += job.events
         generation = slot.generation
         ref.future().add_done_callback(lambda future: self._arrivals.put((slot, generation, job, future)))
@@ -277,35 +304,139 @@ class RayExecutor:
 
     # -- results ------------------------------------------------------------------
     def _collect(self) -> None:
+        ask_at = time.monotonic()
         while True:
-            arrival = self._arrivals.get()
+            wait = None if self._ask_every is None else max(0.0, ask_at - time.monotonic())
+            try:
+                arrival = self._arrivals.get(timeout=wait)
+            except queue.Empty:
+                arrival = None
             if arrival is _STOP:
                 return
             try:
-                self._arrived(*arrival)
+                if arrival is not None:
+                    self._arrived(*arrival)
+                if self._ask_every is not None and time.monotonic() >= ask_at:
+                    ask_at = time.monotonic() + self._ask_every
+                    self._ask_overdue()
             except Exception:  # a bug in here must not stop every later result from arriving
                 log.exception("busmp Ray collector: unexpected error; carrying on")
 
-    def _arrived(self, slot: ActorSlot, generation: int, job: Job, future: Future[Any]) -> None:
+    def _arrived(self, slot: ActorSlot, generation: int, job: Job | None, future: Future[Any]) -> None:
+        if job is None:
+            self._answered(slot, generation, future)
+            return
         try:
             blob = future.result()
         except RayTaskError as exc:  # busmp's own code failed in the actor, which lives on
             with self.lock:
                 if slot.generation == generation:
                     slot.routes_key = None  # ship the routes again with the next call
+                mine = self._take(slot, job, generation)
             cause = exc.cause if isinstance(exc.cause, BaseException) else exc
-            self._charge(job, cause)
+            if mine:
+                self._charge(job, cause)
             return
         except (RayActorError, RayError):  # the actor is gone (or unreachable): replace it
-            self._on_death(slot, generation)
+            with self.lock:
+                # A call of an actor killed for a timeout, which it had finished: its result is lost.
+                left_over = slot.generation != generation and self._take(slot, job, generation)
+            if left_over:
+                self._charge(job, WorkerCrashed(self._last_death[0], None))
+            else:
+                self._on_death(slot, generation)
             return
         with self.lock:
-            if slot.generation == generation:
-                slot.handled += job.events
-                if slot.pid is not None:
-                    self._write_line(slot, len(slot.outstanding) > 1)
+            if not self._holds(slot, job, generation):
+                return  # charged already (its actor was killed for a timeout): dropped
+            slot.handled += job.events
+            if slot.generation == generation and slot.pid is not None:
+                self._write_line(slot, len(slot.outstanding) > 1)
         for kind, payload in pickle.loads(blob):
             take_record(self, kind, payload)
+        self.place_backlog()
+
+    @staticmethod
+    def _holds(slot: ActorSlot, job: Job, generation: int) -> bool:
+        """``job`` is still a call of the actor of ``generation`` at ``slot`` (under the lock):
+        not charged, nor handed over (perhaps to the actor that now holds that position)."""
+        return slot.outstanding.get(job.id) is job and slot.sent.get(job.id) == generation
+
+    def _take(self, slot: ActorSlot, job: Job, generation: int) -> bool:
+        """Take ``job`` out of ``slot``'s calls (under the lock): True if it was still a call
+        of the actor of ``generation``; from then on the caller decides what becomes of it."""
+        if not self._holds(slot, job, generation):
+            return False
+        del slot.outstanding[job.id]
+        del slot.sent[job.id]
+        slot.queued -= job.events
+        return True
+
+    # -- handler_timeout ----------------------------------------------------------------
+    def _ask_overdue(self) -> None:
+        """Ask every actor that holds calls whether the one it runs is past its deadline."""
+        with self.lock:
+            if self.closing:
+                return
+            for slot in self.actors:
+                if slot.actor is None or not slot.outstanding or slot.asking:
+                    continue
+                slot.asking = True
+                answer = slot.actor.overdue.remote().future()
+                answer.add_done_callback(functools.partial(self._put_answer, slot, slot.generation))
+
+    def _put_answer(self, slot: ActorSlot, generation: int, future: Future[Any]) -> None:
+        self._arrivals.put((slot, generation, None, future))
+
+    def _answered(self, slot: ActorSlot, generation: int, future: Future[Any]) -> None:
+        with self.lock:
+            if slot.generation != generation:
+                return
+            slot.asking = False
+        try:
+            seen = future.result()
+        except Exception:  # the actor is gone: its calls fail too, and say so
+            return
+        if seen is not None:
+            self._time_out(slot, generation, seen)
+
+    def _time_out(self, slot: ActorSlot, generation: int, seen: Overdue) -> None:
+        """The actor at ``slot`` runs a call past its deadline: settle what its job reported,
+        charge the call (``TimeoutError``) and the rest of its event, hand what never started
+        to the other actors, kill the actor and start another."""
+        job_id, cur_pos, call, quiet, word, records = seen
+        with self.lock:
+            current = slot.outstanding.get(job_id)
+            if slot.generation != generation or self.closing or current is None \
+                    or not self._holds(slot, current, generation):
+                return  # its call has returned meanwhile (or the store is closing)
+            jobs = list(slot.outstanding.values())
+            unstarted = jobs[jobs.index(current) + 1:]  # sent after it: an actor runs its calls in turn
+            for job in (current, *unstarted):
+                self._take(slot, job, generation)
+            pid, old = slot.pid or 0, slot.actor
+            log.warning("busmp store %r: Ray actor %d (pid %s): a handler call ran past its deadline; "
+                        "killing the actor", self.host.name, slot.index, pid)
+            self._last_death = (pid, None)
+            self.host.stats_block.set_worker(slot.index, pid, DEAD)
+            self._start(slot)
+        _kill(old)
+        for kind, payload in records:  # what the job reported before its call hung
+            take_record(self, kind, payload)
+        call_pos, calls = split_call_word(call)
+        first, quiet_at = _frontier(current, cur_pos, calls if call_pos == cur_pos else 0)
+        with self.lock:
+            tail = split_unstarted(current, first[0], self.planner.new_job_id(), self.refs)
+            if tail is not None:
+                self.jobs[tail.id] = tail
+                unstarted.insert(0, tail)
+            self.unassigned.extendleft(reversed(unstarted))
+            self._feed()
+            slot.handled += first[0]
+        self.host.accounting.count(quiet + quiet_at, 0)
+        timed_out = timeout_error(word, self.handler_timeout, f"its Ray actor (pid {pid})")
+        charge_calls(self, current, first, WorkerCrashed(pid, None), timed_out,
+                     first[0] if current.kind != BATCH else None)
         self.place_backlog()
 
     # -- job bookkeeping (as the process pool's) ------------------------------------
@@ -332,6 +463,7 @@ class RayExecutor:
             slot = self.actors[job.worker]
             if slot.outstanding.pop(job.id, None) is not None:
                 slot.queued -= job.events
+                slot.sent.pop(job.id, None)
             refs, done = self.refs, []
             for index in job.slots:
                 refs[index] -= 1
@@ -355,10 +487,7 @@ class RayExecutor:
     def _charge(self, job: Job, error: BaseException) -> None:
         """Every (event, handler) call of ``job`` becomes a dead letter with ``error``, named
         after its handler (a call's results arrive whole or not at all); the job ends."""
-        for pos in range(job.events):
-            for name in call_names(job, pos, self.host):
-                self.settle(job, pos, name, None, error, counted=False, cut=True)
-        self.finish(job)
+        charge_calls(self, job, (0, 0), error)
 
     def place_backlog(self) -> None:
         """Move follow-ups into free slots and submit them; the rest wait for released slots."""
@@ -373,6 +502,7 @@ class RayExecutor:
                 return  # this actor was charged already (its other calls fail too)
             dead = list(slot.outstanding.values())
             slot.outstanding.clear()
+            slot.sent.clear()
             slot.queued = 0
             pid, old = slot.pid, slot.actor
             self._last_death = (pid or 0, None)
@@ -436,6 +566,7 @@ class RayExecutor:
             left = [job for slot in self.actors for job in slot.outstanding.values()]
             for slot in self.actors:
                 slot.outstanding.clear()
+                slot.sent.clear()
                 slot.queued = 0
                 slot.generation += 1
         for job in left:

@@ -9,7 +9,8 @@ group that must keep its order (a transaction, a scheduled event) becomes one jo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from bisect import bisect_right
 from dataclasses import dataclass
 from itertools import accumulate
@@ -20,13 +21,15 @@ import numpy as np
 from .._dispatch import Routes, handler_name
 from .._pipeline import Ticket
 from .._transport.codec import UNDECODABLE
-from .._transport.records import BATCH, EVENTS, Entry
+from .._transport.records import BATCH, EVENTS, Entry, split_deadline_word
 from .._transport.slots import Slots
 
 if TYPE_CHECKING:
+    from .collector import Book
     from .executor import Host
 
-__all__ = ["Job", "Planner", "MAX_JOB", "JOBS_PER_WORKER", "SMALL_PUBLISH"]
+__all__ = ["Job", "Planner", "MAX_JOB", "JOBS_PER_WORKER", "SMALL_PUBLISH", "call_names", "charge_calls",
+           "split_unstarted", "timeout_error"]
 
 MAX_JOB = 4096             # events per job: small enough to balance, big enough to amortise
 JOBS_PER_WORKER = 16      # a publish is cut into at least this many jobs per worker (balance)
@@ -212,3 +215,60 @@ def call_names(job: Job, pos: int, host: Host) -> list[str]:
     if not names and event.projection == UNDECODABLE:
         names = [CRASH_HANDLER]  # the parent cannot read it either: one letter for the event
     return names
+
+
+def charge_calls(book: Book, job: Job, first: tuple[int, int], error: BaseException,
+                 timed_out: Callable[[str], BaseException] | None = None, last: int | None = None) -> None:
+    """Every (event, handler) call of ``job`` from ``first`` = (pos, call) on, through event
+    ``last`` (default: all), becomes a dead letter with ``error``, named after its handler;
+    so does every call of an awaiting event (ASYNC) from its first one not reported. The job
+    ends. ``timed_out`` makes the error of the call that was running at ``first`` (of a
+    batch job: its one call, so every event charged). For the process pool and the Ray
+    executor alike."""
+    start, skip = first
+    awaiting = job.awaiting or {}
+    for pos, call in sorted(awaiting.items()):
+        for name in call_names(job, pos, book.host)[call:]:
+            book.settle(job, pos, name, None, error, counted=False, cut=True)
+    end = job.events if last is None else min(job.events, last + 1)
+    for pos in range(start, end):
+        if pos in awaiting:
+            continue
+        for name in call_names(job, pos, book.host)[skip if pos == start else 0:]:
+            failure = error
+            if timed_out is not None:
+                failure = timed_out(name)
+                if job.kind != BATCH:
+                    timed_out = None  # the calls after it in the fan-out never started
+            book.settle(job, pos, name, None, failure, counted=False, cut=True)
+    book.finish(job)
+
+
+def split_unstarted(job: Job, pos: int, new_id: int, refs: list[int]) -> Job | None:
+    """A worker (or actor) killed for a timeout while it ran event ``pos`` of ``job``: the
+    events after it never started, and become a job of their own (None if there are none, or
+    if ``job`` cannot be cut: a batch call, a parked job). ``job`` keeps events 0..pos (its end
+    then counts only those); slot references follow the entries: a slot is referenced once per
+    entry naming it, and the entry cut in two is now named by both jobs."""
+    if job.parked or job.kind == BATCH or pos + 1 >= job.events:
+        return None
+    tail = Job(new_id, job.worker, job.kind, job.entries_from(pos + 1), job.ticket, job.batch)
+    tail.routes = job.routes
+    if tail.ticket is not None:
+        tail.ticket.jobs += 1
+    named = Counter(job.slots)
+    job.truncate(pos + 1)
+    for slot, more in (Counter(job.slots) + Counter(tail.slots) - named).items():
+        refs[slot] += more
+    return tail
+
+
+def timeout_error(word: int, handler_timeout: float | None, killed: str) -> Callable[[str], BaseException]:
+    """The error of a call past its deadline (CALL_DEADLINE ``word``), by handler name;
+    ``killed`` names what was killed for it."""
+    what = ("its context's deadline" if split_deadline_word(word)[1]
+            else f"handler_timeout={handler_timeout:g} s")
+
+    def error(name: str) -> BaseException:
+        return TimeoutError(f"handler {name} ran past {what}; {killed} was killed and replaced")
+    return error

@@ -30,7 +30,7 @@ import os
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,7 +47,7 @@ from . import processes
 from .collector import Collector
 from .executor import Host, place_backlog
 from .feeder import Feeder
-from .jobs import CRASH_HANDLER, Job, Planner, call_names
+from .jobs import CRASH_HANDLER, Job, Planner, charge_calls, split_unstarted, timeout_error
 from .processes import WorkerHandle
 from .worker import worker_main
 
@@ -293,28 +293,7 @@ class ProcessExecutor:
 
     def _charge(self, job: Job, first: tuple[int, int], error: BaseException,
                 timed_out: Callable[[str], BaseException] | None = None, last: int | None = None) -> None:
-        """Every (event, handler) call of ``job`` from ``first`` = (pos, call) on, through event
-        ``last`` (default: all), becomes a dead letter with ``error``, named after its handler;
-        so does every call of an awaiting event (ASYNC) from its first one not reported. The job
-        ends. ``timed_out`` makes the error of the call that was running at ``first`` (of a
-        batch job: its one call, so every event charged)."""
-        start, skip = first
-        awaiting = job.awaiting or {}
-        for pos, call in sorted(awaiting.items()):
-            for name in call_names(job, pos, self.host)[call:]:
-                self.settle(job, pos, name, None, error, counted=False, cut=True)
-        end = job.events if last is None else min(job.events, last + 1)
-        for pos in range(start, end):
-            if pos in awaiting:
-                continue
-            for name in call_names(job, pos, self.host)[skip if pos == start else 0:]:
-                failure = error
-                if timed_out is not None:
-                    failure = timed_out(name)
-                    if job.kind != BATCH:
-                        timed_out = None  # the calls after it in the fan-out never started
-                self.settle(job, pos, name, None, failure, counted=False, cut=True)
-        self.finish(job)
+        charge_calls(self, job, first, error, timed_out, last)
 
     def place_backlog(self) -> None:
         """Move follow-ups into free slots and submit them; the rest wait for released slots."""
@@ -404,13 +383,7 @@ class ProcessExecutor:
                 processes.kill(handle)
 
     def _timeout_error(self, word: int, pid: int) -> Callable[[str], BaseException]:
-        what = ("its context's deadline" if split_deadline_word(word)[1]
-                else f"handler_timeout={self.handler_timeout:g} s")
-
-        def error(name: str) -> BaseException:
-            return TimeoutError(f"handler {name} ran past {what}; its worker process (pid {pid}) "
-                                "was killed and replaced")
-        return error
+        return timeout_error(word, self.handler_timeout, f"its worker process (pid {pid})")
 
     def _hand_over_unstarted(self, handle: WorkerHandle, dead_jobs: list[Job], current: Job | None,
                              pos: int) -> list[Job]:
@@ -420,20 +393,9 @@ class ProcessExecutor:
         running, or may have been). Under the lock."""
         # A parked job (its handlers awaiting) has started: it is charged, never handed over.
         unstarted = [job for job in dead_jobs if job is not current and not job.parked]
-        if current is not None and not current.parked and current.kind != BATCH and pos + 1 < current.events:
-            tail = Job(self.planner.new_job_id(), current.worker, current.kind,
-                       current.entries_from(pos + 1), current.ticket, current.batch)
-            tail.routes = current.routes
+        tail = None if current is None else split_unstarted(current, pos, self.planner.new_job_id(), self.refs)
+        if tail is not None:
             self.jobs[tail.id] = tail
-            if tail.ticket is not None:
-                tail.ticket.jobs += 1
-            # The current job keeps events 0..pos (its end then counts only those, see
-            # handled_early); slot references follow the entries: a slot is referenced once per
-            # entry naming it, and the entry cut in two is now named by both jobs.
-            named = Counter(current.slots)
-            current.truncate(pos + 1)
-            for slot, more in (Counter(current.slots) + Counter(tail.slots) - named).items():
-                self.refs[slot] += more
             unstarted.insert(0, tail)
         self.unassigned.extendleft(reversed(unstarted))
         if unstarted:
