@@ -464,6 +464,25 @@ def test_a_dying_actor_turns_exactly_its_events_into_dead_letters_and_is_replace
     assert len(store.stats().per_worker) == 2
 
 
+def may_raise_priority():
+    import resource
+
+    return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20 - os.nice(0)
+
+
+def test_actors_run_at_the_stores_niceness_not_rays_default(make):
+    if not may_raise_priority():
+        pytest.skip("an actor may not raise its priority here (no root, CAP_SYS_NICE or RLIMIT_NICE)")
+    d = Dispatcher()
+    d.register("n", lambda ctx, event: Result(value=os.getpriority(os.PRIO_PROCESS, 0)))
+    store = make(d)
+    seen = outcomes(store)
+    store.subscribe_many([Event("n", i) for i in range(8)])
+    store.publish()
+    store.flush(FLUSH)
+    assert {value for _, value, _ in seen} == {os.getpriority(os.PRIO_PROCESS, 0)}  # Ray's is 15
+
+
 # -- handler_timeout ---------------------------------------------------------------------
 def actor_pids(store):
     return [slot.pid for slot in store._bus.executor.actors]

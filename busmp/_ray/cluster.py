@@ -3,11 +3,13 @@
 A store joins the cluster this process is connected to (``ray.init(address=...)`` called by
 the program), and leaves it running. With none, the first store starts a local one with
 ``ray.init()``; that cluster is shut down when the last store using it drains (or is
-garbage-collected), since nobody else asked for it.
+garbage-collected), since nobody else asked for it. Its workers run at this process's
+niceness, not Ray's default of 15 (see ``actor.match_niceness``).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from types import ModuleType
 from typing import Any
@@ -42,11 +44,26 @@ def join() -> None:
     ray = require_ray()
     with _lock:
         if not ray.is_initialized():
-            ray.init()
+            _init(ray)
             _started = True
         elif _users == 0:
             _started = False  # connected by the program: it is the program's to shut down
         _users += 1
+
+
+def _init(ray: ModuleType) -> None:
+    """``ray.init()``, with the workers of a cluster it starts at this process's niceness (Ray
+    starts them at 15 unless told, see ``actor.match_niceness``): it is started for busmp's
+    actors, which run the program's handlers. The program's own setting is kept."""
+    key = "RAY_worker_niceness"
+    added = key not in os.environ
+    if added:
+        os.environ[key] = str(os.getpriority(os.PRIO_PROCESS, 0))
+    try:
+        ray.init()
+    finally:
+        if added:
+            os.environ.pop(key, None)
 
 
 def leave() -> None:

@@ -119,6 +119,7 @@ class RayExecutor:
         self.workers = workers
         self.handler_timeout = handler_timeout
         low, high = ASK_SECONDS
+        self._niceness = os.getpriority(os.PRIO_PROCESS, 0)  # the actors' (see actor.match_niceness)
         self._ask_every = None if not handler_timeout else min(high, max(low, handler_timeout / 10))
         self.host = host
         self.lock = threading.RLock()
@@ -155,7 +156,7 @@ class RayExecutor:
         """Start an actor at ``slot``'s position; its pid arrives later (``_pid_arrived``)."""
         slot.generation += 1
         actor = TimedBusActor if self.handler_timeout else BusActor
-        slot.actor = actor.options(**self._options).remote(self.handler_timeout)
+        slot.actor = actor.options(**self._options).remote(self.handler_timeout, self._niceness)
         slot.pid, slot.routes_key, slot.asking = None, None, False
         self.host.stats_block.set_worker(slot.index, 0, STARTING)
         generation = slot.generation
@@ -190,6 +191,15 @@ class RayExecutor:
             with self.lock:
                 slot.pid = int(pid)
                 self._write_line(slot)
+        try:
+            niceness = ray.get(self.actors[0].actor.niceness.remote(), timeout=max(0.0, deadline - time.monotonic()))
+        except RayError:
+            return  # it died meanwhile: its calls fail too, and say so
+        if niceness > self._niceness:
+            log.info("busmp store %r: the Ray actors run at niceness %d (this process: %d) and may not "
+                     "change it, so on a busy machine they yield to every other process; start the "
+                     "cluster with RAY_worker_niceness=%d in its environment (ray start) to run them "
+                     "as local workers run", self.host.name, niceness, self._niceness, self._niceness)
 
     # -- submitting ---------------------------------------------------------------
     def check_routes(self, routes: Routes, key: object) -> None:
