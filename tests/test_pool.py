@@ -6,6 +6,7 @@ import gc
 import os
 import sys
 import threading
+import time
 from multiprocessing import resource_tracker
 
 import psutil
@@ -160,3 +161,20 @@ def test_follow_ups_wait_for_room_in_a_full_ring_and_are_all_handled():
 def test_an_unknown_start_method_is_refused_with_the_choices_and_nothing_is_left():
     with pytest.raises(ValueError, match=r"start_method must be one of .*'spawn'.*got 'forkk'"):
         EventStore(Dispatcher(), 8, workers=1, start_method="forkk")
+
+
+@pytest.mark.timeout(60)
+def test_workers_that_spin_after_submitted_events_go_quiet_when_idle():
+    """A worker spins longer after a job with a submitted event (round trips one at a time);
+    once none comes, it spins that long once and sleeps: idle, it costs next to no CPU."""
+    d = Dispatcher()
+    d.register("p", pid_handler)
+    with EventStore(d, 64, workers=2) as store:
+        for _ in range(300):
+            store.submit(Event("p")).result(timeout=10)
+        workers = [psutil.Process(pid) for pid in store.stats().worker_pids]
+        time.sleep(0.2)
+        before = [sum(p.cpu_times()[:2]) for p in workers]
+        time.sleep(1.0)
+        idle_cpu = [sum(p.cpu_times()[:2]) - b for p, b in zip(workers, before)]
+        assert max(idle_cpu) < 0.05, f"idle workers used {idle_cpu} s of CPU in a second"

@@ -61,6 +61,11 @@ AWAITING_MAX = 1024
 # or every continuation ended.
 _FOR_JOBS, _FOR_ROOM, _FOR_ALL = 0, 1, 2
 SPIN_SECONDS = 50e-6
+#: How long a worker spins instead after a job with a submitted event (``FLAG_REPORT``): a
+#: caller that waits on results one at a time submits its next event as soon as it has the
+#: result, and a worker caught spinning spares a wake-up on each side. The CPU is yielded
+#: between looks, so that the caller gets it where both share a core.
+SPIN_SUBMITTED_SECONDS = 500e-6
 PARENT_CHECK_SECONDS = 0.5
 _NOTHING = object()  # no projection seen yet
 #: A slot's events, their context, earlier attempts, and whether a caller waits for their
@@ -87,6 +92,7 @@ def worker_main(jobs_name: str, results_name: str, doorbell: Any, ring_name: str
 class Worker:
     watches_before = False  # the parent fires on_before when an outcome arrives
     emitted = 0  # FOLLOWUP records sent; a class default for workers built without __init__ (Ray)
+    submitted = False  # a job since the last wait held a submitted event (see wait_for_work)
 
     def __init__(self, ring: SlotRing, jobs: Channel, results: Channel, doorbell_fd: int,
                  notify_fd: int, owner: Owner, handler_timeout: float | None = None) -> None:
@@ -275,13 +281,18 @@ class Worker:
     def wait_for_work(self) -> bool:
         """Spin briefly, then sleep on the doorbell; False once the parent is gone.
 
+        After a job with a submitted event the spin is longer (``SPIN_SUBMITTED_SECONDS``)
+        and yields the CPU between looks; idle, a worker spins that long once, then sleeps.
         The sleep has no timeout: the watchdog thread ends the process if the parent dies.
         """
         if SPIN_ALLOWED:
-            until = time.perf_counter() + SPIN_SECONDS
+            submitted, self.submitted = self.submitted, False
+            until = time.perf_counter() + (SPIN_SUBMITTED_SECONDS if submitted else SPIN_SECONDS)
             while time.perf_counter() < until:
                 if self.jobs.has_data():
                     return True
+                if submitted:
+                    os.sched_yield()
         select.select([self.doorbell_fd], [], [])
         try:
             return bool(os.read(self.doorbell_fd, 4096))  # b"": every writer closed, parent gone
@@ -411,6 +422,8 @@ class Worker:
             payload, flags, buffers = self.read_slot(slot, seq)
             events, ctx, attempts = decode_events(payload, flags, buffers)
             report = bool(flags & FLAG_REPORT)
+            if report:
+                self.submitted = True
         except BaseException as exc:  # a payload raising SystemExit on load: the worker lives on
             for n in range(count):
                 self.report(pos + n, DECODE_HANDLER, None, exc, WHOLE_EVENT)
