@@ -51,6 +51,7 @@ __all__ = ["Collector", "Book", "take_record"]
 
 log = logging.getLogger("busmp")
 POLL_SECONDS = 1.0  # a wake-up with nothing to read re-checks every worker, to be safe
+NOTIFY_READ = 65536  # bytes a notify-pipe read asks for
 
 
 class Collector:
@@ -167,14 +168,17 @@ class Collector:
             self._gate.modify(self._notify_r.fileno(), 0 if muted else select.EPOLLIN)
 
     def _drain_notify(self) -> bool:
-        """Empty the notify pipe; whether it held anything."""
-        drained = False
+        """Empty the notify pipe; whether it held anything. A read that returns less than it
+        asked for has emptied the pipe: no second read (and no BlockingIOError) is needed."""
+        drained, fd = False, self._notify_r.fileno()
         try:
-            while os.read(self._notify_r.fileno(), 65536):
-                drained = True
+            while True:
+                got = len(os.read(fd, NOTIFY_READ))
+                drained = drained or got > 0
+                if got < NOTIFY_READ:
+                    return drained
         except BlockingIOError:
-            pass
-        return drained
+            return drained
 
     # -- results ----------------------------------------------------------------------
     def read_results(self) -> None:
