@@ -21,6 +21,13 @@ completes where the event leaves flight (``release``; the inline executor after 
 discarded (DROP_OLDEST, ``close_pending``, ``end_submissions``). Futures are completed outside
 the lock, since their callbacks run in the completing thread.
 
+Sync mode, one event at a time. ``EventStore.subscribe``/``publish`` of a sync store call
+:meth:`Bus.subscribe_inline` and :meth:`Bus.publish_inline`: the same contract in fewer steps
+for the usual case (a plain event, no context; one pending event whose projection has plain
+per-event handlers and no hook watches), each under one lock per step, with what cannot change
+per call (the chains it may run alone, ``_lean``) made once per routing change. Everything
+else falls through to :meth:`Bus.subscribe` and :meth:`Bus.publish`, the general path.
+
 Coroutines never park a thread: ``asubscribe`` and ``aflush`` register a future of their loop,
 and whoever notifies the room or idle condition wakes it with ``call_soon_threadsafe``.
 
@@ -36,20 +43,21 @@ import logging
 import os
 import threading
 import time
+from pickle import dumps as _dumps
 from time import monotonic as _monotonic
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from ._dispatch import BatchRoute, Dispatcher, Middleware, Routes
+from ._dispatch import BatchRoute, Dispatcher, Handler, Middleware, Routes
 from ._errors import BufferFull, StoreClosed
 from ._event import BACKGROUND, Context, Event, Result, current_emitter
 from ._metrics import Metrics, Stats
 from ._outcomes import Accounting, inside_hook
-from ._pipeline import Item, Run, Submission, Ticket
+from ._pipeline import ChainRest, Continuation, Item, Run, Submission, Ticket
 from ._policy import OverrunPolicy
-from ._transport.codec import FLAG_REPORT, UNDECODABLE, decode_events
+from ._transport.codec import FLAG_REPORT, PROTOCOL, UNDECODABLE, decode_events
 from ._transport.packing import CHUNK_MAX, Encoded, check_event, check_pickles, encode_many, encode_one
 from ._transport.ring import SlotRing
 from ._transport.slots import Slots
@@ -78,6 +86,8 @@ Held = tuple[list[Event], Context | None, int]
 Kept = Held | Event
 #: The encoding of one event whose sync-mode slot keeps the object: nothing is written.
 _KEPT_ONE: Encoded = (b"", 0, 0, [], 1)
+#: Each handler of a projection inside its middleware chain, with its name (``Routes.chains``).
+Chain = tuple[tuple[Handler, str], ...]
 _NOTHING = object()
 
 
@@ -104,11 +114,19 @@ class Bus:
         self.lock = threading.RLock()
         self._room = threading.Condition(self.lock)   # slots were freed
         self._idle = threading.Condition(self.lock)   # in-flight work reached zero
+        # Threads waiting on each condition: with none, nobody is notified (a one-event publish
+        # frees a slot and empties the flight every time).
+        self._room_sleepers = 0
+        self._idle_sleepers = 0
+        self._blocking = policy is OverrunPolicy.BLOCK  # only BLOCK's wait looks at _last_publish
         self.check_pickle = check_pickle
         self._checked: object = _NOTHING  # the last projection object that passed its check
         self.accounting = Accounting()
         self.published = 0
         self.in_flight = 0
+        # Successful calls publish_inline counted under the bus lock, together with the event
+        # leaving flight (one lock instead of two); metrics add them to the accounting's.
+        self.inline_processed = 0
         # Of those, events already handled in slots a worker-mode executor still holds (a chunk
         # cut into several jobs is given back whole): Stats shows the difference.
         self.handled_in_held = 0
@@ -127,6 +145,9 @@ class Bus:
         self._middleware: tuple[Middleware, ...] = ()
         self._config_version = 0
         self._routes: tuple[tuple[int, int], Routes] | None = None
+        # Sync mode's one-event publish (publish_inline): the dispatcher version it was made
+        # for, and the chain of every projection it may run alone (see _make_lean).
+        self._lean: tuple[int, dict[Hashable, Chain]] | None = None
         self._last_read: tuple[tuple[int, int | None], tuple[list[Event], Context, int]] | None = None
         # Submitted events (``submit``), by slot, from their write until their slot is given
         # back; and those dropped or closed under the lock, completed once it is released.
@@ -143,11 +164,13 @@ class Bus:
         with self.lock:
             self._batches[projection] = (*self._batches.get(projection, ()), route)
             self._config_version += 1
+            self._lean = None
 
     def add_middleware(self, middleware: Middleware) -> None:
         with self.lock:
             self._middleware += (middleware,)
             self._config_version += 1
+            self._lean = None
 
     def routes(self) -> Routes:
         """The routing snapshot for the next dispatch, rebuilt only when something changed."""
@@ -185,8 +208,13 @@ class Bus:
             # A projection object that passed its check once is not checked again.
             if type(event) is not Event or event.projection is not self._checked or ctx is not None:
                 check_event(event, ctx)
-                self._checked = event.projection
-            if self.check_pickle:
+                if self.check_pickle:
+                    check_pickles(event, ctx)
+                if type(event) is Event:
+                    # Checked and (with check_pickle) pickled whole: subscribe_inline takes
+                    # events of this projection object, and pickles only what else they hold.
+                    self._checked = event.projection
+            elif self.check_pickle:
                 check_pickles(event, ctx)
             return _KEPT_ONE
         return encode_one(event, ctx, attempts)
@@ -490,7 +518,8 @@ class Bus:
     def _notify_room(self) -> None:
         """Slots were freed (or the bus closed): wake blocked producers, threads and coroutines.
         Under the lock."""
-        self._room.notify_all()
+        if self._room_sleepers:
+            self._room.notify_all()
         if self._room_waiters:
             _wake(self._room_waiters)
             self._room_waiters = []
@@ -594,6 +623,154 @@ class Bus:
             self.publish()
         except StoreClosed:
             pass  # drain() took over what was enqueued; the next round keeps the rest
+
+    # -- sync mode, one event at a time -------------------------------------------
+    def subscribe_inline(self, event: Event, ctx: Context | None, timeout: float | None) -> None:
+        """Sync mode's ``subscribe``: the same contract as :meth:`subscribe`, in one call and one
+        lock for a plain :class:`Event` with no context whose projection object passed its
+        checks last time (``_encode``); anything else goes through :meth:`subscribe`.
+
+        With ``check_pickle`` only what the cached check did not cover is pickled: the payload,
+        unless it is a plain scalar (the whole event when ``id`` or ``args`` is unusual).
+        """
+        if type(event) is not Event or ctx is not None or event.projection is not self._checked:
+            return self.subscribe(event, ctx, timeout)
+        if self.check_pickle:
+            if type(event.id) is not str or event.args is not None:
+                check_pickles(event, None)
+            elif type(event.data) not in _SCALARS:
+                try:
+                    _dumps(event.data, PROTOCOL)
+                except Exception:
+                    check_pickles(event, None)  # raises the full check's TypeError naming the event
+        lock = self.lock
+        table = self.slots
+        lock.acquire()
+        try:
+            if self.closing:
+                raise StoreClosed(DRAINED)
+            if table.free_events < 1:
+                self._reserve(1, None, timeout)
+            slot = table.free.pop()
+            table.live[slot] = 1
+            table.first[slot] = 0
+            table.free_events -= 1
+            table.objects[slot] = event
+            table.counts["written"] += 1
+            table.pending.append(slot)
+            self.published += 1
+        finally:
+            lock.release()
+            if self._ended:  # DROP_OLDEST dropped a submitted event to make room
+                self._complete_ended()
+        changed = self.changed
+        if changed is not None and _monotonic() >= self.tick_due:
+            changed()
+        return None
+
+    def publish_inline(self) -> int:
+        """Sync mode's ``publish()``: the same contract as :meth:`publish`. When the one pending
+        event is a plain :class:`Event` (no context, not submitted) of a projection with
+        per-event handlers only, none of them ``async def``, and no hook is registered, its
+        slot is claimed and given back in one lock and its chain runs here, with no run,
+        generator or tally made for it; a handler that fails goes to the accounting as in
+        any publish, one that returns an awaitable or emits follow-ups hands the rest to
+        ``InlineExecutor.finish_one``. Anything else goes through :meth:`publish`.
+        """
+        if self._blocking:
+            self._last_publish = _monotonic()
+        lean = self._lean
+        if lean is None or lean[0] != self._dispatcher.version:
+            lean = self._make_lean()
+        table = self.slots
+        pending = table.pending
+        accounting = self.accounting
+        chain: Chain | None = None
+        lock = self.lock
+        lock.acquire()
+        try:
+            if self.closing:
+                raise StoreClosed(DRAINED)
+            if len(pending) == 1 and not accounting.wants_results:
+                slot = pending[0]
+                event = table.objects[slot]
+                if type(event) is Event and (chain := lean[1].get(event.projection)) is not None \
+                        and not (self._submitted and slot in self._submitted):
+                    # Claimed and given back at once, as claim_runs does: the slot held the object only.
+                    pending.clear()
+                    self.in_flight += 1
+                    table.objects[slot] = None
+                    table.live[slot] = 0
+                    table.free.append(slot)
+                    table.free_events += 1
+                    counts = table.counts
+                    counts["dispatched"] += 1
+                    counts["released"] += 1
+                    if self._room_sleepers or self._room_waiters:
+                        self._notify_room()
+        finally:
+            lock.release()
+        if chain is None:
+            return self.publish() if pending else 0
+        followups: list[Run] = []
+        accept = self.accept_followup
+
+        def emit(followup: Event, ctx: Context) -> None:
+            accept(followup, ctx)
+            followups.append(([followup], ctx if ctx is not None else BACKGROUND, 0, None, None))
+
+        deferred: Continuation | None = None
+        succeeded = called = 0
+        reset = current_emitter.set(emit)
+        try:
+            for fn, name in chain:
+                called += 1
+                try:
+                    result = fn(BACKGROUND, event)
+                except Exception as exc:
+                    accounting.after(Item(event, BACKGROUND), name, None, exc)
+                    continue
+                if result is not None and type(result) is not Result and isinstance(result, Awaitable):
+                    # A sync handler that returned an awaitable (or a middleware made it async).
+                    deferred = ChainRest(result, name, chain[called:], Item(event, BACKGROUND), accounting, emit)
+                    break
+                succeeded += 1
+        except BaseException:  # Ctrl-C in a handler: nothing stays in flight
+            accounting.count(succeeded, 0)
+            self.finished(1 + len(followups))
+            self.followups_done(len(followups))
+            raise
+        finally:
+            current_emitter.reset(reset)
+        if deferred is not None or followups:
+            accounting.count(succeeded, 0)
+            cast(InlineExecutor, self.executor).finish_one([deferred] if deferred else [], followups)
+        else:
+            lock.acquire()
+            try:  # the successes counted and the event out of flight in one lock (see metrics)
+                self.inline_processed += succeeded
+                self.in_flight -= 1
+                if self.in_flight == 0 and (self._idle_sleepers or self._idle_waiters):
+                    self._notify_idle()
+            finally:
+                lock.release()
+        changed = self.changed
+        if changed is not None and _monotonic() >= self.tick_due:
+            table.sync_header()  # the cursor mirror, which claim_runs writes at every other publish
+            changed()
+        return 1
+
+    def _make_lean(self) -> tuple[int, dict[Hashable, Chain]]:
+        """What publish_inline may run alone: the chain of each projection that has per-event
+        handlers, no batch handler and no ``async def`` handler (those need the rounds)."""
+        version = self._dispatcher.version
+        routes = self.routes()
+        asyncs = async_projections(routes)
+        chains = {projection: routes.chains(projection) for projection, handlers in routes.handlers.items()
+                  if handlers and projection not in routes.batches and projection not in asyncs}
+        lean = (version, chains)
+        self._lean = lean
+        return lean
 
     # -- the executor's host side (see _workers.executor.Host) ----------------------
     def claim_runs(self, slots: Sequence[int], ticket: Ticket | None) -> tuple[int, list[Run]]:
@@ -724,14 +901,23 @@ class Bus:
         with self.lock:
             self.in_flight -= count
             if self.in_flight == 0:
-                self._idle.notify_all()
-                if self._idle_waiters:
-                    _wake(self._idle_waiters)
-                    self._idle_waiters = []
+                self._notify_idle()
+
+    def _notify_idle(self) -> None:
+        """Nothing is in flight: wake whoever waits for that (threads, coroutines). Under the lock."""
+        if self._idle_sleepers:
+            self._idle.notify_all()
+        if self._idle_waiters:
+            _wake(self._idle_waiters)
+            self._idle_waiters = []
 
     def _wait_room(self, timeout: float | None) -> None:
         """Wait (holding the lock) until slots are freed or ``timeout`` passes."""
-        self._room.wait(timeout)
+        self._room_sleepers += 1
+        try:
+            self._room.wait(timeout)
+        finally:
+            self._room_sleepers -= 1
 
     # -- waiting and closing ------------------------------------------------------
     def wait_idle(self, deadline: float | None, timeout: float | None) -> None:
@@ -741,7 +927,11 @@ class Bus:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"flush(): {self.in_flight} events still in flight after {timeout} s")
-                self._idle.wait(remaining)
+                self._idle_sleepers += 1
+                try:
+                    self._idle.wait(remaining)
+                finally:
+                    self._idle_sleepers -= 1
 
     def start_closing(self) -> bool:
         """Mark the bus closing; False if it already was (drain is idempotent)."""
@@ -801,11 +991,12 @@ class Bus:
 
     def check_open(self) -> None:
         if self.closing:
-            raise StoreClosed("the store was drained; create a new EventStore to publish again")
+            raise StoreClosed(DRAINED)
 
     # -- observing ----------------------------------------------------------------
     def metrics(self) -> Metrics:
-        return Metrics(self.published, self.accounting.processed, self.accounting.errors)
+        accounting = self.accounting
+        return Metrics(self.published, accounting.processed + self.inline_processed, accounting.errors)
 
     def state(self) -> int:
         """The store's state word for the statistics block."""
@@ -815,9 +1006,9 @@ class Bus:
         """The statistics block's counter line (``_transport.stats.COUNTERS`` order), in events.
         Read without the lock: each value is one int read whole; they may be a moment apart."""
         accounting, table = self.accounting, self.slots
-        return (self.published, accounting.processed, accounting.errors, table.counts["dropped"],
-                table.pending_events, max(0, self.in_flight - self.handled_in_held), accounting.dead_letters,
-                accounting.unhandled)
+        return (self.published, accounting.processed + self.inline_processed, accounting.errors,
+                table.counts["dropped"], table.pending_events, max(0, self.in_flight - self.handled_in_held),
+                accounting.dead_letters, accounting.unhandled)
 
     def stats(self, rates: tuple[float, float, float, float]) -> Stats:
         with self.lock:
@@ -839,6 +1030,11 @@ class Bus:
             published_rate=rates[0], processed_rate=rates[1], errors_rate=rates[2], dropped_rate=rates[3],
             updated=time.time(),
         )
+
+
+#: Payload types whose values always pickle (exact types: a subclass may not).
+_SCALARS = frozenset({str, int, float, bool, bytes, type(None)})
+DRAINED = "the store was drained; create a new EventStore to publish again"
 
 
 def _loop_running() -> bool:

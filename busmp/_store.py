@@ -142,6 +142,9 @@ class EventStore:
             block.close()
             raise
         self._bus = bus
+        # Sync mode has a lean path for one event at a time (see Bus.subscribe_inline).
+        self._subscribe = bus.subscribe_inline if workers == 0 else bus.subscribe
+        self._publish = bus.publish_inline if workers == 0 else bus.publish
         self._scheduler = Scheduler(_timer_firer(bus), name=f"busmp-scheduler-{prefix}")
         self._ticker = StatsTicker(bus, block, name=f"busmp-stats-{prefix}", threaded=workers > 0)
         self._ticker.start()
@@ -211,7 +214,7 @@ class EventStore:
         publishes: after a second without a ``publish()`` the wait ends with ``BufferFull``
         (publish before subscribing more, or publish from another thread).
         """
-        self._bus.subscribe(event, ctx, timeout)
+        self._subscribe(event, ctx, timeout)
 
     def subscribe_many(self, events: Iterable[Event], ctx: Context | None = None, *,
                        timeout: float | None = None) -> int:
@@ -252,7 +255,7 @@ class EventStore:
         Sync mode returns when every handler (and every follow-up) is done; worker mode
         returns once the work is handed off (``flush()`` waits for it).
         """
-        return self._bus.publish()
+        return self._publish()
 
     # -- waiting and closing ------------------------------------------------------
     def flush(self, timeout: float | None = None) -> None:

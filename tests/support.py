@@ -1,16 +1,18 @@
-"""Helpers shared by the worker-mode specifications."""
+"""Helpers shared by the specifications."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import struct
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 import psutil
 
-from busmp import DeadLetterQueue, Dispatcher, EventStore
+from busmp import DeadLetterQueue, Dispatcher, Event, EventStore
 
 START_METHODS = ["fork", "forkserver", "spawn"]
 SHM = "/dev/shm"  # where POSIX shared memory lives on Linux
@@ -92,3 +94,15 @@ def second_step(ctx, ev):
 
 def hangs_in_batch(ctx, events):
     time.sleep(30)
+
+
+def counting_dispatcher(counter: Counter[str], lock: threading.Lock, projection: str = "p") -> Dispatcher:
+    """A dispatcher whose one handler, of ``projection``, counts each event's id (under ``lock``)."""
+    d = Dispatcher()
+
+    def count(ctx: object, ev: Event) -> None:
+        with lock:
+            counter[ev.id] += 1
+
+    d.register(projection, count)
+    return d

@@ -6,17 +6,7 @@ import threading
 from collections import Counter
 
 from busmp import Dispatcher, Event, EventStore
-
-
-def counting_dispatcher(counter, lock, projection="p"):
-    d = Dispatcher()
-
-    def count(ctx, ev):
-        with lock:
-            counter[ev.id] += 1
-
-    d.register(projection, count)
-    return d
+from support import counting_dispatcher
 
 
 def run_threads(targets, limit=30.0):

@@ -71,7 +71,8 @@ class Slots:
         self.ring.close()
 
     def sync_header(self) -> None:
-        """Mirror the counts into the ring's cursor words (once per batch, not per event)."""
+        """Mirror the counts into the ring's cursor words (once per batch, not per event; a sync
+        store's one-event publishes leave it to their next stats tick, see ``Bus.publish_inline``)."""
         self.ring.write_cursors(list(self.counts.values()))
 
     # -- where a payload goes -------------------------------------------------------

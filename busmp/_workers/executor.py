@@ -154,19 +154,45 @@ class InlineExecutor:
         naming ``apublish()`` (``Bus.publish`` refuses such events beforehand where it can
         tell)."""
         count, runs = self._host.claim_runs(slots, ticket)
-        rounds = self._rounds(count, runs, ordered=ticket is not None)
+        self._drive(self._rounds(count, runs, ordered=ticket is not None))
+
+    def finish_one(self, deferred: list[Continuation], followups: list[Run]) -> None:
+        """The rest of a one-event publish that ``Bus.publish_inline`` ran itself: await what
+        its handler returned (as ``submit`` does), let the event leave flight, then handle the
+        follow-ups it emitted (``followups`` is the list its emitter appends to), breadth first."""
+        host = self._host
+        try:
+            if deferred:
+                self._await(deferred)
+        except BaseException:  # Ctrl-C while awaiting: nothing stays in flight
+            for continuation in deferred:
+                continuation.close()
+            host.finished(1 + len(followups))
+            host.followups_done(len(followups))
+            raise
+        host.finished(1)
+        if followups:
+            self._drive(self._rounds(len(followups), followups, ordered=False, of_followups=True))
+
+    def _drive(self, rounds: Generator[list[Continuation], None, None]) -> None:
+        """Await each round's continuations until the rounds are over."""
         deferred = next(rounds, None)
         while deferred is not None:
             try:
-                if _loop_running():
-                    for continuation in deferred:
-                        continuation.refuse(RuntimeError(IN_LOOP))
-                else:
-                    asyncio.run(_all(deferred))
+                self._await(deferred)
             except BaseException as exc:  # Ctrl-C while awaiting: the rounds settle what they hold
                 rounds.throw(exc)
                 raise
             deferred = next(rounds, None)
+
+    @staticmethod
+    def _await(deferred: list[Continuation]) -> None:
+        """One round's continuations, in a loop of this call's own; refused inside a running one."""
+        if _loop_running():
+            for continuation in deferred:
+                continuation.refuse(RuntimeError(IN_LOOP))
+        else:
+            asyncio.run(_all(deferred))
 
     async def asubmit(self, slots: Sequence[int]) -> None:
         """``submit`` for ``apublish()``: continuations are awaited in the caller's loop, all of
@@ -182,14 +208,15 @@ class InlineExecutor:
                 raise
             deferred = next(rounds, None)
 
-    def _rounds(self, count: int, runs: list[Run], ordered: bool) -> Generator[list[Continuation], None, None]:
+    def _rounds(self, count: int, runs: list[Run], ordered: bool,
+                of_followups: bool = False) -> Generator[list[Continuation], None, None]:
         """Handle ``count`` events and, breadth first, every follow-up they emit; yields each
         round's continuations for the caller to await (an ordered group awaits them at once).
+        ``of_followups``: the first round is follow-ups already (else the published events).
         Submitted events' futures complete once their round is over, before the events leave
         flight. An exception thrown in (or raised here) ends the rounds with nothing in
         flight and every future completed."""
         host = self._host
-        of_followups = False  # the first round is the published events, later ones follow-ups
         while count:
             followups: list[Run] = []
 
