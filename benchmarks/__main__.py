@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from . import WORKLOADS, _common, _runner, load_workload
 
@@ -25,6 +26,12 @@ def _parse_opt(text: str) -> tuple[str, object]:
     return key.strip(), value
 
 
+def _shown(merge: bool, earlier: tuple[dict[str, Any], list[_runner.WorkloadResult]], meta: dict[str, Any],
+           results: list[_runner.WorkloadResult]) -> tuple[dict[str, Any], list[_runner.WorkloadResult]]:
+    """What to write: this run's results, or with ``--merge`` the earlier ones with this run's in place."""
+    return _runner.merge_results(*earlier, meta, results) if merge else (meta, results)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("--quick", action="store_true", help="2 repetitions instead of 5")
@@ -36,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--busmp-opt", action="append", default=[], type=_parse_opt, metavar="KEY=VALUE",
                    help="extra keyword option for every busmp EventStore (value as a Python literal)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="output directory")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the other workloads' results already in --out and replace only the ones "
+                        "run now (for an --only run; without it the results written are this run's alone)")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
     p.add_argument("--watch-hz", type=float, metavar="HZ",
                    help="run a reader process beside the workloads that polls busmp.read_stats of every "
@@ -61,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--repeat must be >= 1")
     _common.BUSMP_OPTIONS.update(dict(args.busmp_opt))
 
+    earlier = _runner.load_results(args.out) if args.merge else ({}, [])
     meta = _runner.collect_meta(args, ROOT)
     watcher = None
     if args.watch_hz:
@@ -75,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in names:
             results.append(_runner.run_workload(load_workload(name), args.repeat, args.timeout))
-            _runner.write_results(args.out, meta, results, plot=False)
+            _runner.write_results(args.out, *_shown(args.merge, earlier, meta, results), plot=False)
     except KeyboardInterrupt:
         print("interrupted: writing the results gathered so far", file=sys.stderr)
         code = 130
@@ -85,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             watcher.stdin.close()  # the watcher's signal to stop
             watcher.wait()
     meta["total_seconds"] = round(time.perf_counter() - t0, 1)
-    _runner.write_results(args.out, meta, results, plot=True)
+    _runner.write_results(args.out, *_shown(args.merge, earlier, meta, results), plot=True)
     print(f"done in {meta['total_seconds']} s; wrote {args.out / 'results.md'}", file=sys.stderr)
     print((args.out / "results.md").read_text(encoding="utf-8"))
     return code

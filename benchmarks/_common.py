@@ -108,13 +108,14 @@ def time_busmp_round(projection: str, handler: Any, payloads: list[Any], warm_up
         close_busmp_store(store)
 
 
-def time_sync_busmp(produce: Callable[[Any, Any], None], expected: int, publish: bool) -> float:
+def time_sync_busmp(produce: Callable[[Any, Any], None], expected: int, publish: bool,
+                    **store_options: Any) -> float:
     """One sync-store (workers=0) contender run: ``produce(store, Event)`` and, with ``publish``,
     one ``publish()``, timed; then checked: ``expected`` events accepted (and handled)."""
     busmp = load_busmp()
     d = busmp.Dispatcher()
     d.register("p", _handlers.noop_handler)
-    store = busmp_store(busmp, d, buffer_size=1 << 18, workers=0)
+    store = busmp_store(busmp, d, buffer_size=1 << 18, workers=0, **store_options)
     try:
         before = busmp_processed(store)
         t0 = time.perf_counter()

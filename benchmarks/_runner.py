@@ -258,6 +258,9 @@ def render_markdown(meta: dict[str, Any], results: list[WorkloadResult], plot_no
     lines.append(f"- {meta['repetitions']} repetitions per contender{' (--quick)' if meta['quick'] else ''}, "
                  "contenders interleaved within each repetition; median and min–max over repetitions; "
                  "ratio = contender median / baseline median.")
+    for run in meta.get("merged", []):
+        lines.append(f"- rows of {', '.join(run['workloads'])} from a later run ({run['date']}, git {run['git']}, "
+                     f"{run['repetitions']} repetitions), merged into this one's (`--merge`).")
     lines.append(f"- {plot_note}")
     lines.append("")
     for r in results:
@@ -366,6 +369,50 @@ def render_plot(results: list[WorkloadResult], path: Path) -> str:
     finally:
         plt.close(fig)
     return f"Chart: `{path.name}` (bars: median; whiskers: min–max; orange: busmp, grey: baseline)."
+
+
+def load_results(out_dir: Path) -> tuple[dict[str, Any], list[WorkloadResult]]:
+    """The meta and workload results of an earlier run written to ``out_dir`` (its
+    ``results.json``), rebuilt so that they render as they did; ``({}, [])`` when there is none."""
+    from . import WORKLOADS, load_workload
+
+    path = out_dir / "results.json"
+    if not path.exists():
+        return {}, []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    results: list[WorkloadResult] = []
+    for name, entry in data["workloads"].items():
+        if name not in WORKLOADS:
+            continue  # a workload since removed: its rows cannot be rendered any more
+        res = WorkloadResult(module=load_workload(name), error=entry.get("error") or "")
+        for cname, c in entry["contenders"].items():
+            status = c["status"]
+            reason = "" if status == "ok" else status.removeprefix("n/a (").removesuffix(")")
+            res.contenders.append(Contender(
+                name=cname, fn=lambda: None, note=c.get("note", ""), status="ok" if status == "ok" else "n/a",
+                reason=reason, seconds=list(c.get("seconds") or []), samples=list(c.get("samples_seconds") or []),
+                warnings=list(c.get("warnings") or []), traceback=c.get("traceback") or ""))
+        results.append(res)
+    return data["meta"], results
+
+
+def merge_results(old_meta: dict[str, Any], old: list[WorkloadResult], meta: dict[str, Any],
+                  new: list[WorkloadResult]) -> tuple[dict[str, Any], list[WorkloadResult]]:
+    """``new`` workloads' results in place of the same workloads of an earlier run, the rest of
+    that run kept, in the suite's order. The meta is the earlier run's, with each merged run
+    listed under ``merged`` (date, commit, workloads), so that the page says which rows came later."""
+    from . import WORKLOADS
+
+    by_name = {r.name: r for r in old}
+    by_name.update({r.name: r for r in new})
+    merged_meta = dict(old_meta) if old_meta else dict(meta)
+    if old_meta:
+        runs = [*old_meta.get("merged", []),
+                {"date": meta["date"], "git": meta["git"], "workloads": [r.name for r in new],
+                 "repetitions": meta["repetitions"], "total_seconds": meta.get("total_seconds")}]
+        merged_meta["merged"] = runs
+    order = [name for name in WORKLOADS if name in by_name]
+    return merged_meta, [by_name[name] for name in order]
 
 
 def write_results(out_dir: Path, meta: dict[str, Any], results: list[WorkloadResult], plot: bool) -> None:

@@ -15,6 +15,7 @@ WORK = N
 BASELINE = "python loop"
 NOTES = [
     f"N={N:,}; busmp: N x `subscribe(Event(\"p\", {{\"i\": i}}))` then one `publish()` that runs the handler inline.",
+    "busmp check_pickle=False: the same, without the pickle that proves an event could travel to a worker.",
     "busmp subscribe_many: the N events are built in a list comprehension, inside the timed region, "
     "then one `subscribe_many` and one `publish()`.",
     "busmp subscribe_many, events built before timing: the same, with the N events built before "
@@ -25,6 +26,10 @@ NOTES = [
 
 def _busmp_subscribe_publish() -> float:
     return _common.time_sync_busmp(subscribe_each, N, publish=True)
+
+
+def _busmp_subscribe_publish_unchecked() -> float:
+    return _common.time_sync_busmp(subscribe_each, N, publish=True, check_pickle=False)
 
 
 def _busmp_subscribe_many_publish() -> float:
@@ -43,6 +48,7 @@ def _busmp_subscribe_many_prebuilt() -> float:
 def contenders() -> list[tuple[Any, ...]]:
     return [
         ("busmp subscribe+publish (workers=0)", _busmp_subscribe_publish),
+        ("busmp subscribe+publish, check_pickle=False (workers=0)", _busmp_subscribe_publish_unchecked),
         ("busmp subscribe_many+publish (workers=0)", _busmp_subscribe_many_publish),
         ("busmp subscribe_many+publish, events built before timing (workers=0)", _busmp_subscribe_many_prebuilt),
         (BASELINE, python_loop, "handler(None, {'i': i}) in a for loop"),

@@ -50,3 +50,26 @@ def test_a_count_that_is_off_is_a_mismatch():
     _common.check_busmp_processed(Counted(), 2, 5)
     with pytest.raises(_common.Mismatch, match="handled 5 of 6"):
         _common.check_busmp_processed(Counted(), 2, 6)
+
+
+def test_a_merged_run_replaces_only_its_own_workloads_rows(tmp_path):
+    from benchmarks import load_workload
+
+    def result(name: str, seconds: float) -> _runner.WorkloadResult:
+        res = _runner.WorkloadResult(module=load_workload(name))
+        res.contenders = [_runner.Contender(name="busmp x", fn=lambda: None, seconds=[seconds, seconds])]
+        return res
+
+    first = {"date": "d1", "git": "aaa", "repetitions": 2, "quick": False, "python": "3", "cpus": 2,
+             "platform": "p", "start_method": "fork", "numpy": "n", "busmp": "b", "busmp_options": {}}
+    _runner.write_results(tmp_path, first, [result("subscribe", 1.0), result("startup", 2.0)], plot=False)
+    later = {**first, "date": "d2", "git": "bbb"}
+    meta, merged = _runner.merge_results(*_runner.load_results(tmp_path), later, [result("subscribe", 4.0)])
+    _runner.write_results(tmp_path, meta, merged, plot=False)
+
+    meta, results = _runner.load_results(tmp_path)
+    assert [r.name for r in results] == ["subscribe", "startup"]
+    assert [r.contenders[0].seconds for r in results] == [[4.0, 4.0], [2.0, 2.0]]
+    assert (meta["date"], meta["git"]) == ("d1", "aaa")
+    assert [(run["git"], run["workloads"]) for run in meta["merged"]] == [("bbb", ["subscribe"])]
+    assert "rows of subscribe from a later run (d2, git bbb" in (tmp_path / "results.md").read_text()
