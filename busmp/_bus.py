@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ._dispatch import BatchRoute, Dispatcher, Handler, Middleware, Routes
 from ._errors import BufferFull, StoreClosed
+from ._future import SubmitFuture
 from ._event import BACKGROUND, Context, Event, Result, current_emitter
 from ._metrics import Metrics, Stats
 from ._outcomes import Accounting, inside_hook
@@ -231,7 +232,7 @@ class Bus:
         self.executor.check_routes(*self.routes_and_key())
         payload, flags, route, buffers, count = self._encode(event, ctx, 0)
         encoded: Encoded = (payload, flags if self.keeps_objects else flags | FLAG_REPORT, route, buffers, count)
-        submission = Submission(None if self.keeps_objects else self.help_wait)
+        submission = Submission(None if self.keeps_objects else SubmitFuture(self.help_wait))
         try:
             with self.lock:
                 self.check_open()

@@ -29,8 +29,6 @@ from ._event import BACKGROUND, Context, Emitter, Event, Result, current_emitter
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
-    from ._future import Helper
-
 __all__ = [
     "Item", "Ticket", "Submission", "Run", "Observer", "Counter", "NO_RESULT", "run_runs", "run_chunk", "chunks",
     "Continuation", "ChainRest", "BatchRest", "Awaiting", "returns_awaitable",
@@ -56,21 +54,20 @@ class Submission:
     sees the event leave flight calls :meth:`complete`: the inline executor after the run,
     the bus when a worker's jobs have all given the event's slot back, the bus when
     ``DROP_OLDEST`` or ``drain()`` discards the event. By then every outcome has been
-    recorded, so the future never waits for anything and is completed exactly once. Given a
-    ``helper`` (worker mode), the future is a :class:`~busmp._future.SubmitFuture`, whose
-    ``result()`` reads outcomes in the waiting thread for a moment before it sleeps.
+    recorded, so the future never waits for anything and is completed exactly once. The bus
+    may hand in the future to use (worker mode: a :class:`~busmp._future.SubmitFuture`, whose
+    ``result()`` reads outcomes in the waiting thread for a moment before it sleeps).
     """
 
     __slots__ = ("future", "results", "batch", "cut")
 
-    def __init__(self, helper: Helper | None = None) -> None:
-        # Imported here, in the parent: a worker imports this module and never makes a future.
-        from concurrent.futures import Future
+    def __init__(self, future: Future[list[Result]] | None = None) -> None:
+        if future is None:
+            # Imported here, in the parent: a worker imports this module and never makes a future.
+            from concurrent.futures import Future
 
-        from ._future import SubmitFuture
-
-        # With a ``helper`` (worker mode), a caller waiting in result() reads outcomes itself.
-        self.future: Future[list[Result]] = Future() if helper is None else SubmitFuture(helper)
+            future = Future()
+        self.future = future
         self.future.set_running_or_notify_cancel()  # running from the start: cancel() is False
         self.results: list[tuple[Any, BaseException | None]] = []
         self.batch: dict[int, tuple[Any, BaseException | None]] = {}
