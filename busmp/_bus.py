@@ -56,7 +56,7 @@ from ._future import SubmitFuture
 from ._event import BACKGROUND, Context, Event, Result, current_emitter
 from ._metrics import Metrics, Stats
 from ._outcomes import Accounting, inside_hook
-from ._pipeline import ChainRest, Continuation, Item, Run, Submission, Ticket
+from ._pipeline import ChainRest, Continuation, Item, Run, Submission, Ticket, followup_run
 from ._policy import OverrunPolicy
 from ._transport.codec import FLAG_REPORT, PROTOCOL, UNDECODABLE, decode_events
 from ._transport.packing import CHUNK_MAX, Encoded, check_event, check_pickles, encode_many, encode_one
@@ -149,6 +149,9 @@ class Bus:
         # Sync mode's one-event publish (publish_inline): the dispatcher version it was made
         # for, and the chain of every projection it may run alone (see _make_lean).
         self._lean: tuple[int, dict[Hashable, Chain]] | None = None
+        # What its handlers emit, per thread (a bound method made once: no emitter per call).
+        self._emitted = _Emitted()
+        self._emit = self._emit_inline
         self._last_read: tuple[tuple[int, int | None], tuple[list[Event], Context, int]] | None = None
         # Submitted events (``submit``), by slot, from their write until their slot is given
         # back; and those dropped or closed under the lock, completed once it is released.
@@ -713,16 +716,11 @@ class Bus:
             lock.release()
         if chain is None:
             return self.publish() if pending else 0
-        followups: list[Run] = []
-        accept = self.accept_followup
-
-        def emit(followup: Event, ctx: Context) -> None:
-            accept(followup, ctx)
-            followups.append(([followup], ctx if ctx is not None else BACKGROUND, 0, None, None))
-
+        emitted = self._emitted.runs
+        mark = len(emitted)  # follow-ups past it are this call's (a nested publish takes its own)
         deferred: Continuation | None = None
         succeeded = called = 0
-        reset = current_emitter.set(emit)
+        reset = current_emitter.set(self._emit)
         try:
             for fn, name in chain:
                 called += 1
@@ -733,19 +731,22 @@ class Bus:
                     continue
                 if result is not None and type(result) is not Result and isinstance(result, Awaitable):
                     # A sync handler that returned an awaitable (or a middleware made it async).
-                    deferred = ChainRest(result, name, chain[called:], Item(event, BACKGROUND), accounting, emit)
+                    deferred = ChainRest(result, name, chain[called:], Item(event, BACKGROUND), accounting,
+                                         self._emit)
                     break
                 succeeded += 1
         except BaseException:  # Ctrl-C in a handler: nothing stays in flight
+            followups = emitted[mark:]
+            del emitted[mark:]
             accounting.count(succeeded, 0)
             self.finished(1 + len(followups))
             self.followups_done(len(followups))
             raise
         finally:
             current_emitter.reset(reset)
-        if deferred is not None or followups:
+        if deferred is not None or len(emitted) > mark:
             accounting.count(succeeded, 0)
-            cast(InlineExecutor, self.executor).finish_one([deferred] if deferred else [], followups)
+            self._finish_inline(deferred, emitted, mark)
         else:
             lock.acquire()
             try:  # the successes counted and the event out of flight in one lock (see metrics)
@@ -760,6 +761,27 @@ class Bus:
             table.sync_header()  # the cursor mirror, which claim_runs writes at every other publish
             changed()
         return 1
+
+    def _emit_inline(self, event: Event, ctx: Context) -> None:
+        """``ctx.emit`` in a handler that publish_inline runs: checked and counted, then kept
+        in this thread's list until that publish takes it."""
+        self.accept_followup(event, ctx)
+        self._emitted.runs.append(followup_run(event, ctx))
+
+    def _finish_inline(self, deferred: Continuation | None, emitted: list[Run], mark: int) -> None:
+        """The rest of a publish_inline whose handler returned an awaitable or emitted: await
+        the one, handle the others (``emitted[mark:]``, taken out of this thread's list), and
+        what they emit in turn, as the general path does (``InlineExecutor.finish_one``)."""
+        followups = emitted[mark:]
+        del emitted[mark:]
+        if deferred is not None:  # what the awaited rest emits joins this call's list, as in the rounds
+
+            def emit(event: Event, ctx: Context) -> None:
+                self.accept_followup(event, ctx)
+                followups.append(followup_run(event, ctx))
+
+            deferred.emit = emit
+        cast(InlineExecutor, self.executor).finish_one([deferred] if deferred is not None else [], followups)
 
     def _make_lean(self) -> tuple[int, dict[Hashable, Chain]]:
         """What publish_inline may run alone: the chain of each projection that has per-event
@@ -1031,6 +1053,14 @@ class Bus:
             published_rate=rates[0], processed_rate=rates[1], errors_rate=rates[2], dropped_rate=rates[3],
             updated=time.time(),
         )
+
+
+class _Emitted(threading.local):
+    """Follow-ups emitted by the handlers publish_inline runs in this thread, oldest first: a
+    call takes those past the length it found, so a publish nested in a handler takes only its own."""
+
+    def __init__(self) -> None:
+        self.runs: list[Run] = []
 
 
 #: Payload types whose values always pickle (exact types: a subclass may not).

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Item", "Ticket", "Submission", "Run", "Observer", "Counter", "NO_RESULT", "run_runs", "run_chunk", "chunks",
-    "Continuation", "ChainRest", "BatchRest", "Awaiting", "returns_awaitable",
+    "Continuation", "ChainRest", "BatchRest", "Awaiting", "returns_awaitable", "followup_run",
 ]
 
 
@@ -125,6 +125,11 @@ NO_RESULT = Result()
 #: a submitted event is a run of its own, with its :class:`Submission`.
 Run = tuple[Sequence[Event], Context, int, Ticket | None, Submission | None]
 _NOTHING = object()  # no projection seen yet
+
+
+def followup_run(event: Event, ctx: Context | None) -> Run:
+    """The run of one event a handler emitted (``ctx.emit``), in the parent."""
+    return ([event], ctx if ctx is not None else BACKGROUND, 0, None, None)
 
 
 class Observer(Protocol):

@@ -106,3 +106,14 @@ def counting_dispatcher(counter: Counter[str], lock: threading.Lock, projection:
 
     d.register(projection, count)
     return d
+
+
+def run_threads(targets: list[Callable[[], object]], limit: float = 30.0) -> None:
+    """Run each target in a thread of its own and wait for all; a thread still running after
+    ``limit`` seconds fails the spec (a deadlock)."""
+    threads = [threading.Thread(target=t, daemon=True) for t in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(limit)
+    assert not any(t.is_alive() for t in threads), "a thread is still running (deadlock?)"

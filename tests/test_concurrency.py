@@ -6,16 +6,7 @@ import threading
 from collections import Counter
 
 from busmp import Dispatcher, Event, EventStore
-from support import counting_dispatcher
-
-
-def run_threads(targets, limit=30.0):
-    threads = [threading.Thread(target=t, daemon=True) for t in targets]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(limit)
-    assert not any(t.is_alive() for t in threads), "a thread is still running (deadlock?)"
+from support import counting_dispatcher, run_threads
 
 
 def test_50_producers_racing_20_subscribes_each_then_one_publish_gives_1000_handler_calls():

@@ -29,7 +29,7 @@ from busmp import (
     StoreClosed,
 )
 from busmp._watch import TICK_SECONDS
-from support import counting_dispatcher
+from support import counting_dispatcher, run_threads
 
 
 def recording(seen):
@@ -228,6 +228,56 @@ def test_follow_ups_emitted_on_the_lean_path_are_handled_breadth_first():
             # publish() returns once the follow-ups are handled too
             assert log[-2:] == [("child", (i, "a")), ("child", (i, "b"))]
         assert store.metrics() == (6, 6, 0)
+        assert store._bus.followups == 0
+        assert idle(store)
+
+
+def test_follow_ups_of_a_publish_nested_in_a_handler_stay_with_the_publish_that_ran_them():
+    log = []
+    d = Dispatcher()
+    with EventStore(d, 8) as store:
+
+        def outer(ctx, ev):
+            ctx.emit(Event("leaf", "outer-1"))
+            store.subscribe(Event("inner"))
+            assert store.publish() == 1
+            assert log == ["inner", "leaf inner"]  # the nested publish handled its own follow-up only
+            ctx.emit(Event("leaf", "outer-2"))
+
+        def inner(ctx, ev):
+            log.append("inner")
+            ctx.emit(Event("leaf", "inner"))
+
+        d.register("outer", outer)
+        d.register("inner", inner)
+        d.register("leaf", lambda ctx, ev: log.append(f"leaf {ev.data}"))
+        store.subscribe(Event("outer"))
+        assert store.publish() == 1
+        assert log == ["inner", "leaf inner", "leaf outer-1", "leaf outer-2"]
+        assert store.metrics() == (5, 5, 0)
+        assert store._bus.followups == 0
+        assert idle(store)
+
+
+def test_follow_ups_emitted_in_several_threads_at_once_are_each_handled_once():
+    counter, lock = Counter(), threading.Lock()
+    d = counting_dispatcher(counter, lock, "leaf")
+    d.register("p", lambda ctx, ev: ctx.emit(Event("leaf", id=f"leaf-{ev.id}")))
+    threads, per_thread = 4, 1000
+    with EventStore(d, 1 << 10) as store:
+        start = threading.Barrier(threads)
+
+        def producer(k):
+            start.wait()
+            for i in range(per_thread):
+                store.subscribe(Event("p", id=f"{k}-{i}"))
+                store.publish()
+
+        run_threads([lambda k=k: producer(k) for k in range(threads)], limit=60)
+        store.flush(timeout=10)
+        total = threads * per_thread
+        assert len(counter) == total and set(counter.values()) == {1}
+        assert store.metrics() == (2 * total, 2 * total, 0)
         assert store._bus.followups == 0
         assert idle(store)
 
@@ -443,12 +493,7 @@ def test_several_producer_threads_streaming_into_one_store_lose_and_duplicate_no
             except BaseException as exc:
                 errors.append(exc)
 
-        workers = [threading.Thread(target=producer, args=(k,)) for k in range(threads)]
-        for t in workers:
-            t.start()
-        for t in workers:
-            t.join(60)
-        assert not any(t.is_alive() for t in workers)
+        run_threads([lambda k=k: producer(k) for k in range(threads)], limit=60)
         store.publish()  # an event another thread subscribed after a producer's last publish
         store.flush(timeout=10)
         assert errors == []

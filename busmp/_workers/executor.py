@@ -23,9 +23,9 @@ from collections.abc import Callable, Generator, Sequence
 from typing import Protocol
 
 from .._dispatch import Routes
-from .._event import BACKGROUND, Context, Event
+from .._event import Context, Event
 from .._outcomes import Accounting
-from .._pipeline import Continuation, Item, Run, Submission, Ticket, run_runs
+from .._pipeline import Continuation, Item, Run, Submission, Ticket, followup_run, run_runs
 from .._transport.packing import Encoded
 from .._transport.slots import Slots
 from .._transport.stats import StatsBlock
@@ -222,8 +222,7 @@ class InlineExecutor:
 
             def emit(event: Event, ctx: Context) -> None:
                 host.accept_followup(event, ctx)
-                followup: Run = ([event], ctx if ctx is not None else BACKGROUND, 0, None, None)
-                followups.append(followup)  # noqa: B023 - emit is called within this iteration only
+                followups.append(followup_run(event, ctx))  # noqa: B023 - called within this iteration only
 
             submissions = [run[4] for run in runs if run[4] is not None]
             deferred: list[Continuation] = []
