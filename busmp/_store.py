@@ -66,11 +66,12 @@ class EventStore:
       ``python -m busmp stats NAME``): 1-24 characters of ``A-Z a-z 0-9 . _ -``, unique among
       this user's live stores (``ValueError`` otherwise). By default ``bus-<pid>-<n>``.
     * ``check_pickle``: sync mode only. By default ``subscribe`` pickles each event (and drops
-      the pickle) to refuse, with a ``TypeError``, an event that could not travel to a worker,
-      so that a program moves to ``workers=N`` unchanged. ``False`` skips that check for a
-      purely in-process bus, so that events holding locks or open files are accepted (the
-      benchmarks show no measurable speed-up for small events: the pickle is not what a
-      one-event publish waits on).
+      the pickle; a projection object once) to refuse, with a ``TypeError``, an event that
+      could not travel to a worker, so that a program moves to ``workers=N`` unchanged.
+      ``False`` skips that check for a purely in-process bus: events holding locks or open
+      files are accepted, and an event that would fail only with workers is no longer found
+      in sync mode. What it saves is the pickle of each payload, a visible part of a one-event
+      ``subscribe`` for small events (see the benchmarks).
     * ``backend``: ``"processes"`` (the default) runs local worker processes fed from shared
       memory; ``"ray"`` runs the handlers in ``workers`` Ray actors, on the cluster this process
       is connected to (or a local one it starts), with ``ray_actor_options`` (a dict) passed to
