@@ -38,7 +38,6 @@ and finalized even while its scheduler or collector thread runs.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import threading
@@ -50,7 +49,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, cast
 
-from ._dispatch import BatchRoute, Dispatcher, Handler, Middleware, Routes
+from ._dispatch import BatchRoute, Dispatcher, Handler, Middleware, Routes, async_projections
 from ._errors import BufferFull, StoreClosed
 from ._future import SubmitFuture
 from ._event import BACKGROUND, Context, Event, Result, current_emitter
@@ -58,7 +57,7 @@ from ._metrics import Metrics, Stats
 from ._outcomes import Accounting, inside_hook
 from ._pipeline import ChainRest, Continuation, Item, Run, Submission, Ticket, followup_run
 from ._policy import OverrunPolicy
-from ._transport.codec import FLAG_REPORT, PROTOCOL, UNDECODABLE, decode_events
+from ._transport.codec import FLAG_REPORT, PROTOCOL, UNDECODABLE, decode_events, encode_event
 from ._transport.packing import CHUNK_MAX, Encoded, check_event, check_pickles, encode_many, encode_one
 from ._transport.ring import SlotRing
 from ._transport.slots import Slots
@@ -122,6 +121,7 @@ class Bus:
         self._blocking = policy is OverrunPolicy.BLOCK  # only BLOCK's wait looks at _last_publish
         self.check_pickle = check_pickle
         self._checked: object = _NOTHING  # the last projection object that passed its check
+        self._checked_route = 0  # and its route word (its hash)
         self.accounting = Accounting()
         self.published = 0
         self.in_flight = 0
@@ -221,6 +221,15 @@ class Bus:
             elif self.check_pickle:
                 check_pickles(event, ctx)
             return _KEPT_ONE
+        if type(event) is Event and ctx is None and attempts == 0:
+            # The usual event of a stream: its projection object was checked (and hashed)
+            # once, when it first came; only the pickle is made per event.
+            projection = event.projection
+            if projection is not self._checked:
+                check_event(event, None)
+                self._checked, self._checked_route = projection, hash(projection)
+            payload, flags, buffers = encode_event(event)
+            return payload, flags, self._checked_route, buffers, 1
         return encode_one(event, ctx, attempts)
 
     def submit(self, event: Event, ctx: Context | None, timeout: float | None) -> Future[list[Result]]:
@@ -317,9 +326,11 @@ class Bus:
     def _enqueue(self, encoded: Encoded, ctx: Context | None, timeout: float | None, held: Kept) -> int:
         """Make room (per policy), write one slot, append it to the pending list; the slot.
         Under the lock."""
-        if not self.keeps_objects:
-            self.slots.check_spill_room([(encoded[0], encoded[3])])
-        self._reserve(encoded[4], ctx, timeout)
+        slots = self.slots
+        if not self.keeps_objects and (encoded[3] or len(encoded[0]) > slots.capacity):
+            slots.check_spill_room([(encoded[0], encoded[3])])
+        if slots.free_events < encoded[4]:
+            self._reserve(encoded[4], ctx, timeout)
         slot = self._write(encoded, held)
         self.slots.pending.append(slot)
         self.published += encoded[4]
@@ -479,9 +490,11 @@ class Bus:
                 if self.changed is not None:
                     self.changed()
                 return
+            self.executor.attend(1)
             try:
                 await _wait(waiter, deadline, f"ring stayed full ({self.slots.slot_count} slots) until the timeout")
             finally:
+                self.executor.attend(-1)
                 self._forget(self._room_waiters, waiter)
 
     async def asubmit(self, event: Event, ctx: Context | None) -> Future[list[Result]]:
@@ -509,9 +522,11 @@ class Bus:
                     return
                 waiter: asyncio.Future[None] = loop.create_future()
                 self._idle_waiters.append(waiter)
+            self.executor.attend(1)
             try:
                 await _wait(waiter, deadline, f"aflush(): events still in flight after {timeout} s")
             finally:
+                self.executor.attend(-1)
                 self._forget(self._idle_waiters, waiter)
 
     def _forget(self, waiters: list[asyncio.Future[None]], waiter: asyncio.Future[None]) -> None:
@@ -937,24 +952,32 @@ class Bus:
     def _wait_room(self, timeout: float | None) -> None:
         """Wait (holding the lock) until slots are freed or ``timeout`` passes."""
         self._room_sleepers += 1
+        self.executor.attend(1)
         try:
             self._room.wait(timeout)
         finally:
+            self.executor.attend(-1)
             self._room_sleepers -= 1
 
     # -- waiting and closing ------------------------------------------------------
     def wait_idle(self, deadline: float | None, timeout: float | None) -> None:
         """Block until nothing is in flight; ``TimeoutError`` past the monotonic ``deadline``."""
         with self.lock:
-            while self.in_flight > 0:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError(f"flush(): {self.in_flight} events still in flight after {timeout} s")
-                self._idle_sleepers += 1
-                try:
-                    self._idle.wait(remaining)
-                finally:
-                    self._idle_sleepers -= 1
+            if self.in_flight == 0:
+                return
+            self.executor.attend(1)
+            try:
+                while self.in_flight > 0:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise TimeoutError(f"flush(): {self.in_flight} events still in flight after {timeout} s")
+                    self._idle_sleepers += 1
+                    try:
+                        self._idle.wait(remaining)
+                    finally:
+                        self._idle_sleepers -= 1
+            finally:
+                self.executor.attend(-1)
 
     def start_closing(self) -> bool:
         """Mark the bus closing; False if it already was (drain is idempotent)."""
@@ -1071,21 +1094,6 @@ DRAINED = "the store was drained; create a new EventStore to publish again"
 def _loop_running() -> bool:
     # The non-raising form of get_running_loop(): sync publish() asks on every call.
     return asyncio._get_running_loop() is not None
-
-
-def async_projections(routes: Routes) -> frozenset[Hashable]:
-    """Projections with an ``async def`` handler or batch handler (cached on the snapshot).
-    A middleware that makes a handler async is seen only when it runs (see ``_pipeline``)."""
-    if routes.async_set is None:
-        routes.async_set = frozenset(
-            [p for p, hs in routes.handlers.items() if any(map(_is_async, hs))]
-            + [p for p, rs in routes.batches.items() if any(_is_async(r.handler) for r in rs)])
-    return routes.async_set
-
-
-def _is_async(fn: object) -> bool:
-    # an instance whose __call__ is async: callable() cannot tell
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
 
 
 def _wake(waiters: list[asyncio.Future[None]]) -> None:

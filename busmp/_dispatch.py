@@ -8,6 +8,7 @@ receive the same snapshot, pickled with cloudpickle, whenever its version change
 from __future__ import annotations
 
 import enum
+import inspect
 import pickle
 import threading
 import types
@@ -129,8 +130,10 @@ class Routes:
     # and as a numpy array (typed ``Any``: this module must not import numpy, workers load it).
     hash_set: frozenset[int] | None = field(default=None, init=False, repr=False, compare=False)
     hash_array: Any = field(default=None, init=False, repr=False, compare=False)
-    # The projections with an async handler (``_bus.async_projections``), likewise the parent's.
+    # The projections with an async handler (``async_projections``), and the hashes of those
+    # whose handlers are all plain functions (``lane_hashes``), likewise the parent's.
     async_set: frozenset[Hashable] | None = field(default=None, init=False, repr=False, compare=False)
+    lane_set: frozenset[int] | None = field(default=None, init=False, repr=False, compare=False)
 
     def handler_hashes(self) -> frozenset[int]:
         """Hashes of the projections with per-event handlers (what the planner routes on)."""
@@ -150,7 +153,31 @@ class Routes:
         # Only what a worker needs: chains are rebuilt where they run, and the planner's
         # caches (numpy arrays) stay in the parent, so a worker never imports numpy for them.
         return {"handlers": self.handlers, "batches": self.batches, "middleware": self.middleware, "_chains": {},
-                "hash_set": None, "hash_array": None, "async_set": None}
+                "hash_set": None, "hash_array": None, "async_set": None, "lane_set": None}
+
+    def lane_hashes(self) -> frozenset[int]:
+        """Hashes of the projections whose per-event handlers are all plain functions: what a
+        small publish may hand to an awake worker as a lane job (``_workers.pool``), where an
+        awaitable is awaited in place rather than overlapped."""
+        if self.lane_set is None:
+            asyncs = async_projections(self)
+            self.lane_set = frozenset(hash(p) for p, hs in self.handlers.items() if hs and p not in asyncs)
+        return self.lane_set
+
+
+def async_projections(routes: Routes) -> frozenset[Hashable]:
+    """Projections with an ``async def`` handler or batch handler (cached on the snapshot).
+    A middleware that makes a handler async is seen only when it runs (see ``_pipeline``)."""
+    if routes.async_set is None:
+        routes.async_set = frozenset(
+            [p for p, hs in routes.handlers.items() if any(map(_is_async, hs))]
+            + [p for p, rs in routes.batches.items() if any(_is_async(r.handler) for r in rs)])
+    return routes.async_set
+
+
+def _is_async(fn: object) -> bool:
+    # an instance whose __call__ is async: callable() cannot tell
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
 
 
 def wrap(handler: Handler, middleware: Sequence[Middleware]) -> Handler:

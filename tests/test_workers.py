@@ -494,7 +494,7 @@ def test_a_worker_process_starts_without_numpy_cloudpickle_psutil_or_the_store()
 def test_routes_travel_without_the_planners_numpy_caches():
     import pickle
 
-    from busmp._bus import async_projections
+    from busmp._dispatch import async_projections
     from busmp._dispatch import Routes
     from busmp._workers.jobs import _handler_hashes
 

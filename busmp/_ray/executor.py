@@ -309,6 +309,9 @@ class RayExecutor:
     def help_collect(self, done: Callable[[], bool], seconds: float) -> None:
         return None  # results arrive through Ray's threads; the collector takes them in
 
+    def attend(self, change: int) -> None:
+        return None  # actors report every batch as it ends
+
     def per_worker(self) -> tuple[int, ...]:
         return tuple(slot.handled for slot in self.actors)
 

@@ -6,8 +6,8 @@ channel (the worker writes, the parent reads). Layout::
     line 0   magic, capacity                  (written once, at creation)
     line 1   head   bytes ever written        (the producer only)
     line 2   tail   bytes ever consumed       (the consumer only)
-    line 3   spare words for the owner's use (see ``CONTROL_WORDS``; one writer each)
-    offset 256: data, ``capacity`` bytes
+    line 3-4 control words for the owner's use (``CONTROL_WORDS`` of them; one writer each)
+    offset 320: data, ``capacity`` bytes
 
 A record is an 8-byte header ``(length u32, kind u32)`` and its payload, padded to 8 bytes.
 A record that would straddle the end of the data area is preceded by a wrap marker; a payload
@@ -27,11 +27,12 @@ from typing import Any
 
 from . import shm as _shm
 
-__all__ = ["Channel", "MORE", "ChannelClosed"]
+__all__ = ["Channel", "MORE", "ChannelClosed", "CONTROL_WORDS"]
 
 CACHE_LINE = 64
 MAGIC = 0x62_75_73_6D_70_63_68_6E  # "busmpchn"
-DATA = 4 * CACHE_LINE
+CONTROL_WORDS = 2 * CACHE_LINE // 8
+DATA = 5 * CACHE_LINE
 MAGIC_WORD, CAPACITY_WORD = 0, 1
 HEAD_WORD, TAIL_WORD, CONTROL_WORD = CACHE_LINE // 8, 2 * CACHE_LINE // 8, 3 * CACHE_LINE // 8
 RECORD = struct.Struct("<II")
@@ -84,7 +85,7 @@ class Channel:
         """Empty the channel. Only while neither end is in use (a dead worker's channels)."""
         self._words[HEAD_WORD] = 0
         self._words[TAIL_WORD] = 0
-        for i in range(8):
+        for i in range(CONTROL_WORDS):
             self._words[CONTROL_WORD + i] = 0
         self._partial.clear()
 

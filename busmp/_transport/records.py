@@ -9,6 +9,11 @@ Job channel, parent -> worker:
     STOP    (empty): finish what is queued (and every handler still awaiting), then exit
     | ORDERED   a flag on EVENTS and BATCH: the job is a group that keeps its order (a
             transaction): a handler's awaitable is awaited before the next call, not overlapped
+    | LANE  a flag on EVENTS: a *lane job*, a small publish written straight to an awake worker
+            (see ``pool``). It sends no DONE: the worker counts it done in LANE_DONE, in the
+            order the jobs came, and notifies the parent only when the parent waits for
+            progress (WANT_PROGRESS), when the job sent records, or before the worker sleeps.
+            Its awaitables are awaited in place, as ORDERED's are, so it never parks
 
 Result channel, worker -> parent:
 
@@ -34,6 +39,17 @@ died with it: CUR_POS events are done; of event CUR_POS, the calls CUR_CALL says
 that event); CUR_PROCESSED counts the done events' calls that had no OUTCOME. With a
 handler_timeout, CALL_DEADLINE holds the deadline of the call running now (0 between calls),
 for the parent to kill a worker whose call is overdue.
+
+Two more, on the job channel's second control line, also the worker's: LANE_DONE packs how many
+lane jobs it finished (low ``LANE_BITS`` bits, modulo) with the successful calls of those jobs
+that had no OUTCOME (the rest), one store for both, so that the parent never reads a count of
+jobs without their calls or the other way round; SLEEP is odd while the worker sleeps (or is
+about to) on its doorbell and is bumped each time it does, so the parent rings a doorbell only
+for a sleeping worker, once per sleep.
+
+A third on the result channel, the parent's: WANT_PROGRESS is nonzero while a thread of the
+parent waits for events to finish (``flush()``, room under BLOCK): the worker then notifies
+after every lane job instead of only before it sleeps.
 """
 
 from __future__ import annotations
@@ -47,12 +63,14 @@ __all__ = [
     "ROUTES_HEAD", "JOB_HEAD", "BATCH_HEAD", "OUTCOME_HEAD", "FOLLOWUP_HEAD", "DONE_REC", "ASYNC_REC", "PARKED_REC",
     "CUR_JOB", "CUR_POS", "CUR_PROCESSED", "CUR_ERRORS", "PID", "HANDLED", "CUR_CALL", "WHOLE_EVENT",
     "call_word", "split_call_word", "FOLLOWUP_ROOM", "FOLLOWUPS_TAKEN", "CALL_DEADLINE", "deadline_word",
-    "split_deadline_word",
+    "split_deadline_word", "LANE", "LANE_DONE", "SLEEP", "WANT_PROGRESS", "LANE_BITS", "LANE_MASK", "lane_word",
+    "split_lane_word",
     "Entry", "pack_entries", "unpack_entries",
 ]
 
 ROUTES, EVENTS, BATCH, STOP = 1, 2, 3, 4
 ORDERED = 1 << 8  # flag on a job kind (see above)
+LANE = 1 << 9     # flag on an EVENTS job (see above)
 OUTCOME, FOLLOWUP, DONE, ASYNC, PARKED = 11, 12, 13, 14, 15
 
 ROUTES_HEAD = struct.Struct("<B")
@@ -69,7 +87,11 @@ CUR_JOB, CUR_POS, CUR_PROCESSED, CUR_ERRORS, PID, HANDLED, CUR_CALL, CALL_DEADLI
 # Control words of a worker's *result* channel, written by the parent (the worker only reads
 # them, in ctx.emit): how many follow-ups the store takes now (max_followups), and how many
 # FOLLOWUP records of this worker the parent has read (the rest are in transit).
-FOLLOWUP_ROOM, FOLLOWUPS_TAKEN = range(2)
+FOLLOWUP_ROOM, FOLLOWUPS_TAKEN, WANT_PROGRESS = range(3)
+# The job channel's second line of control words (the worker's; see above).
+LANE_DONE, SLEEP = 8, 9
+LANE_BITS = 20  # lane jobs counted modulo 2**20: far more than a channel ever holds at once
+LANE_MASK = (1 << LANE_BITS) - 1
 
 WHOLE_EVENT = 0xFFFF  # an OUTCOME's call number when it stands for every call of its event
 CALL_BITS = 16
@@ -101,6 +123,16 @@ def deadline_word(limit_ns: int, ctx_deadline: float | None) -> int:
 def split_deadline_word(word: int) -> tuple[int, bool]:
     """The deadline in ``time.monotonic_ns()`` and whether it was the context's."""
     return word & ~1, bool(word & 1)
+
+
+def lane_word(done: int, quiet: int) -> int:
+    """LANE_DONE: ``done`` lane jobs finished, ``quiet`` successful calls without an OUTCOME."""
+    return (quiet << LANE_BITS) | (done & LANE_MASK)
+
+
+def split_lane_word(word: int) -> tuple[int, int]:
+    """(lane jobs finished modulo 2**LANE_BITS, quiet calls of all of them)."""
+    return word & LANE_MASK, word >> LANE_BITS
 
 
 

@@ -50,6 +50,10 @@ class Slots:
         self.first = [0] * ring.slot_count   # a chunk's first live event
         # Sync mode keeps a slot's events as the objects themselves (nobody else reads them).
         self.objects: list[Any] = [None] * ring.slot_count
+        # What each written slot's header says (its sequence number and route word), kept here
+        # too: a one-event publish plans from these instead of reading the header back.
+        self.seq_of = [0] * ring.slot_count
+        self.route_of = [0] * ring.slot_count
         self.free_events = ring.slot_count
         self.free_pages: list[int] = list(range(ring.page_count - 1, -1, -1))
         self.counts = dict.fromkeys(CURSORS, 0)
@@ -123,6 +127,8 @@ class Slots:
             else:
                 payload, flags = self._spill(slot, payload, buffers), flags | FLAG_OVERFLOW
         self.ring.put(slot, seq, route, payload, flags)
+        self.seq_of[slot] = seq
+        self.route_of[slot] = route
 
     def _spill(self, slot: int, payload: bytes, buffers: Sequence[memoryview]) -> bytes:
         pieces = [payload, *buffers]

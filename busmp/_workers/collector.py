@@ -26,6 +26,7 @@ import logging
 import os
 import pickle
 import select
+import struct
 import threading
 import time
 from collections import deque
@@ -36,7 +37,7 @@ from .._errors import RemoteError
 from .._event import Event
 from .._transport.codec import DECODE_HANDLER, UNDECODABLE, decode_event
 from .._transport.records import (
-    ASYNC, ASYNC_REC, DONE, DONE_REC, FOLLOWUP, FOLLOWUP_HEAD, FOLLOWUPS_TAKEN, OUTCOME,
+    ASYNC, ASYNC_REC, DONE, DONE_REC, FOLLOWUP, FOLLOWUP_HEAD, FOLLOWUPS_TAKEN, LANE_DONE, OUTCOME,
     OUTCOME_HEAD, PARKED, PARKED_REC,
 )
 from .._transport.packing import Encoded
@@ -52,6 +53,7 @@ __all__ = ["Collector", "Book", "take_record"]
 log = logging.getLogger("busmp")
 POLL_SECONDS = 1.0  # a wake-up with nothing to read re-checks every worker, to be safe
 NOTIFY_READ = 65536  # bytes a notify-pipe read asks for
+OUTCOME_JOB = struct.Struct("<Q")  # the job an OUTCOME record names (the start of OUTCOME_HEAD)
 
 
 class Collector:
@@ -188,12 +190,19 @@ class Collector:
         self._pool.write_followup_room()
 
     def read_channel(self, handle: WorkerHandle) -> None:
-        results = handle.results
+        """Take in every record of ``handle``'s result channel, then harvest its lane jobs
+        that were done before the reading began (see ``pool``)."""
+        pool, results = self._pool, handle.results
+        lane_word = handle.jobs.control(LANE_DONE)  # first: the worker stores it after its records
         while (record := results.get()) is not None:
-            take_record(self._pool, *record)
-            if record[0] == FOLLOWUP:
+            kind, payload = record
+            if kind == OUTCOME:
+                pool.lane_job_for_outcome(OUTCOME_JOB.unpack_from(payload)[0])
+            elif kind == FOLLOWUP:
                 handle.followups_taken += 1
+            take_record(pool, kind, payload)
         results.set_control(FOLLOWUPS_TAKEN, handle.followups_taken)  # what ctx.emit there checks
+        pool.harvest(handle, lane_word)
 
 
 class Book(Protocol):

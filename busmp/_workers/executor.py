@@ -87,6 +87,11 @@ class Executor(Protocol):
     def help_collect(self, done: Callable[[], bool], seconds: float) -> None:
         """Take in outcomes in the calling thread for up to ``seconds`` or until ``done()``."""
 
+    def attend(self, change: int) -> None:
+        """A thread of the bus starts (+1) or stops (-1) waiting for events to finish (for
+        room, for idleness): progress should then be reported without delay. Called with the
+        bus's lock held, so it takes no lock of the executor's."""
+
     def shutdown(self, timeout: float | None) -> None:
         """Finish or dead-letter what is in flight, then stop and release everything."""
 
@@ -252,6 +257,9 @@ class InlineExecutor:
         return None  # inline work is done when submit() returns
 
     def help_collect(self, done: Callable[[], bool], seconds: float) -> None:
+        return None
+
+    def attend(self, change: int) -> None:
         return None
 
     def shutdown(self, timeout: float | None) -> None:

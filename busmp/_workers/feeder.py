@@ -19,9 +19,9 @@ import cloudpickle
 
 from .._dispatch import Routes, handler_name
 from .._errors import BusError
-from .._transport.records import BATCH_HEAD, EVENTS, JOB_HEAD, ORDERED, ROUTES, ROUTES_HEAD, pack_entries
+from .._transport.records import BATCH_HEAD, EVENTS, JOB_HEAD, LANE, ORDERED, ROUTES, ROUTES_HEAD, Entry, pack_entries
 from .jobs import MAX_JOB, Job
-from .processes import WorkerHandle, is_dead, ring_doorbell
+from .processes import WorkerHandle, is_dead, ring_doorbell, wake
 
 if TYPE_CHECKING:
     from .pool import ProcessExecutor
@@ -60,7 +60,7 @@ class Feeder:
                 self.write_job(handle, job)
                 woken.add(handle.index)
         for i in woken:
-            ring_doorbell(pool.handles[i])
+            wake(pool.handles[i])
 
     def _merge(self, first: Job, limit: int) -> Job:
         """``first`` and the EVENTS jobs after it in the queue, up to ``limit`` events, as one.
@@ -93,10 +93,7 @@ class Feeder:
     def write_job(self, handle: WorkerHandle, job: Job) -> None:
         """Put ``job`` into the worker's job channel, after the routes it was planned with."""
         assert job.routes is not None
-        routes, key = job.routes
-        if handle.routes_key != key:
-            handle.jobs.put(ROUTES, self.routes_payload(routes, key), self._waiter(handle))
-            handle.routes_key = key
+        self.write_routes(handle, *job.routes)
         if job.kind == EVENTS:
             head = JOB_HEAD.pack(job.id, len(job.entries))
         else:
@@ -105,6 +102,19 @@ class Feeder:
         handle.queued += job.events
         kind = job.kind | (ORDERED if job.ticket is not None else 0)
         handle.jobs.put(kind, head + pack_entries(job.entries), self._waiter(handle))
+
+    def write_lane_job(self, handle: WorkerHandle, job_id: int, entries: list[Entry], routes: tuple[Routes, object]
+                       ) -> None:
+        """Put a lane job (see ``pool``) into the worker's job channel, after its routes."""
+        self.write_routes(handle, *routes)
+        handle.jobs.put(EVENTS | LANE, JOB_HEAD.pack(job_id, len(entries)) + pack_entries(entries),
+                        self._waiter(handle))
+
+    def write_routes(self, handle: WorkerHandle, routes: Routes, key: object) -> None:
+        """A ROUTES record, if the worker's copy of the routes is not ``key``'s."""
+        if handle.routes_key != key:
+            handle.jobs.put(ROUTES, self.routes_payload(routes, key), self._waiter(handle))
+            handle.routes_key = key
 
     def routes_payload(self, routes: Routes, key: object) -> bytes:
         """The ROUTES record for ``key``, pickled once per change of the routes; ``TypeError``

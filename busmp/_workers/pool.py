@@ -14,6 +14,20 @@ awaiting calls (PARKED, see ``records``): it holds its slots until its DONE but 
 queued work, so the feeder gives that worker more. A crash charges a parked or awaiting job's
 events only for the calls the worker did not report (``_charge``).
 
+Lane jobs: the one-event-at-a-time path. A publish of a few events, none of a batch handler's
+or an ``async def`` handler's projection, is written straight into the job channel of the least
+loaded worker as a *lane job* (``LANE``), without planning, a ``Job`` object or a doorbell for
+an awake worker (``processes.wake``). The worker counts lane jobs done in one word (LANE_DONE)
+instead of a DONE record each; the parent keeps them in order in ``WorkerHandle.lane`` and
+*harvests* them (``harvest``): it reads the word, then every record the worker sent before it
+(the word is stored after them), and only then gives the slots back, so no outcome of a
+lane job is read after its slot was reused. Harvests happen where the result channel is read
+(the collector, a thread helping in ``flush()``), and in a publishing thread that finds the
+channel empty. A lane job becomes a ``Job`` only when it must: for an OUTCOME (hooks, errors,
+submitted events) and when its worker dies (``_adopt_lane``), and then the rules for jobs
+hold. Whoever waits for work to finish (``attend``) sets WANT_PROGRESS, and the workers then
+notify after each lane job; otherwise they notify once before they sleep.
+
 Lock order: ``ProcessExecutor.lock`` (jobs, handles, the unassigned queue, slot references) →
 ``Bus.lock`` → accounting. ``Collector.reading`` is taken before any of them and only by a
 thread that reads result channels. Hooks, which may take any user lock, run with none of the
@@ -39,8 +53,8 @@ from .._pipeline import Ticket
 from .._transport.codec import decode_event
 from .._transport.packing import Encoded
 from .._transport.records import (
-    BATCH, CALL_DEADLINE, CUR_CALL, CUR_JOB, CUR_POS, CUR_PROCESSED, EVENTS, FOLLOWUP_ROOM, HANDLED, PID, STOP,
-    WHOLE_EVENT, split_call_word, split_deadline_word,
+    BATCH, CALL_DEADLINE, CUR_CALL, CUR_JOB, CUR_POS, CUR_PROCESSED, EVENTS, FOLLOWUP_ROOM, HANDLED, LANE_DONE,
+    LANE_MASK, PID, STOP, WANT_PROGRESS, WHOLE_EVENT, split_call_word, split_deadline_word, split_lane_word,
 )
 from .._transport.stats import DEAD, STARTING
 from . import processes
@@ -48,7 +62,7 @@ from .collector import Collector
 from .executor import Host, place_backlog
 from .feeder import Feeder
 from .jobs import CRASH_HANDLER, Job, Planner, charge_calls, split_unstarted, timeout_error
-from .processes import WorkerHandle
+from .processes import LaneJob, WorkerHandle, wake
 from .worker import worker_main
 
 __all__ = ["ProcessExecutor", "DEFAULT_START_METHOD"]
@@ -63,6 +77,10 @@ READY_SECONDS = 60.0      # how long a new store waits for its workers to start
 EARLY_DEATHS_ALLOWED = 3  # workers that fail to start, in a row, before we give up
 QUICK_DEATH_SECONDS = 1.0  # a second worker in a row that dies sooner than this is replaced...
 BACKOFF_SECONDS = (0.02, 1.0)  # ...after a back-off that doubles from the first value up to the second
+LANE_EVENTS = 1    # a publish of this many events may go by lane (more are spread by the planner)
+LANE_DEPTH = 32    # lane jobs and jobs a worker may hold before publishes are planned instead
+LANE_SPILL = 4     # a stream stays with the first worker until it holds this many jobs
+HARVEST_AFTER = 16  # a publishing thread harvests a worker's lane once it holds this many jobs
 
 
 class ProcessExecutor:
@@ -86,6 +104,9 @@ class ProcessExecutor:
         self.jobs: dict[int, Job] = {}
         self.backlog: deque[Encoded] = deque()  # follow-ups waiting for a free slot
         self.unassigned: deque[Job] = deque()   # planned jobs no worker holds yet (see feeder)
+        self.lane_jobs: dict[int, tuple[int, LaneJob]] = {}  # lane jobs not yet harvested: worker, job
+        self._attending = 0  # threads waiting for work to finish (see attend)
+        self._attend_lock = threading.Lock()
         self.closing = False
         self._broken: str | None = None
         self._early_deaths = 0
@@ -136,6 +157,7 @@ class ProcessExecutor:
         # now; from its start on, the worker writes it (see _transport.stats).
         handle.followups_taken = 0  # its result channel is new or was reset
         handle.results.set_control(FOLLOWUP_ROOM, self.host.followup_room())
+        handle.results.set_control(WANT_PROGRESS, int(self._attending > 0))
         block = self.host.stats_block
         block.set_worker(handle.index, 0, STARTING)
         processes.start(self.mp, handle, worker_main, (self._ring_name, self.collector.notify_w, os.getpid(),
@@ -150,6 +172,8 @@ class ProcessExecutor:
         self.feeder.routes_payload(routes, key)
 
     def submit(self, slots: Sequence[int], ticket: Ticket | None = None) -> None:
+        if ticket is None and len(slots) <= LANE_EVENTS and self._by_lane(slots):
+            return
         listed = list(slots)
         refused: TypeError | None = None
         with self.lock:
@@ -196,12 +220,155 @@ class ProcessExecutor:
             # publish() raises, before it takes any (check_routes).
             self._fail_orphans()
 
+    # -- lane jobs (see the module docstring) ---------------------------------------------
+    def _by_lane(self, slots: Sequence[int]) -> bool:
+        """Hand a small publish to the least loaded live worker as one lane job; False (nothing
+        done) if it must be planned instead."""
+        host = self.host
+        table = host.slots
+        routes, key = host.routes_and_key()
+        if routes.batches or self._broken is not None:
+            return False
+        lanes, handled = routes.lane_hashes(), routes.handler_hashes()
+        route_of, seq_of, first, live = table.route_of, table.seq_of, table.first, table.live
+        entries: list[tuple[int, int, int, int]] = []
+        idle: list[int] = []
+        events = 0
+        for slot in slots:
+            route = route_of[slot]
+            if route in lanes:
+                start = first[slot]
+                entries.append((slot, seq_of[slot], start, start + live[slot]))
+                events += live[slot]
+            elif route in handled:
+                return False  # an async def handler's: planned, so that its awaits overlap
+            else:
+                idle.append(slot)
+        if events > LANE_EVENTS:
+            return False
+        try:
+            self.feeder.routes_payload(routes, key)
+        except TypeError:
+            return False  # submit() turns the events into dead letters and raises
+        with self.lock:
+            handle = self._lane_for() if not self.closing else None
+            if handle is None:
+                return False
+            table.sync_header()
+            if entries:
+                job: LaneJob = (self.planner.new_job_id(), entries, events, (routes, key))
+                handle.lane.append(job)  # first: if the write fails, the worker's death charges it
+                self.lane_jobs[job[0]] = (handle.index, job)
+                handle.queued += events
+                self.feeder.write_lane_job(handle, job[0], entries, job[3])
+                wake(handle)
+        if idle:
+            unhandled = table.live_events(idle)
+            if unhandled:
+                host.accounting.count_unhandled(unhandled, "their projections (worker mode)")
+            host.release(idle)
+        if len(handle.lane) >= HARVEST_AFTER:
+            self._harvest_if_quiet(handle)
+        return True
+
+    def _lane_for(self) -> WorkerHandle | None:
+        """The first live worker that keeps up (holds less than ``LANE_SPILL`` jobs), else
+        the one holding the least work, if that is less than ``LANE_DEPTH`` jobs. Under the lock.
+
+        A stream that one worker keeps up with stays with it: the others sleep instead of
+        waking for every other event, which costs the machine's cores more than it gains."""
+        best, least = None, LANE_DEPTH
+        for handle in self.handles:
+            if handle.process is None:
+                continue
+            done = (handle.jobs.control(LANE_DONE) - handle.lane_done) & LANE_MASK
+            load = len(handle.lane) - done + len(handle.outstanding) - handle.parked
+            if load < LANE_SPILL:
+                return handle
+            if load < least:
+                best, least = handle, load
+        return best
+
+    def _harvest_if_quiet(self, handle: WorkerHandle) -> None:
+        """Harvest ``handle``'s lane from a publishing thread, if no thread reads results now
+        and its result channel holds nothing unread (else the reader harvests)."""
+        reading = self.collector.reading
+        if not reading.acquire(blocking=False):
+            return
+        try:
+            word = handle.jobs.control(LANE_DONE)  # before looking at the channel (see harvest)
+            if not handle.results.has_data() and not self.closing:
+                self.harvest(handle, word)
+        finally:
+            reading.release()
+
+    def harvest(self, handle: WorkerHandle, word: int) -> None:
+        """Finish the lane jobs that LANE_DONE (read as ``word``, *before* the result channel
+        was read to its end) counts done: their quiet calls counted, their slots given back.
+        Only with ``Collector.reading`` held."""
+        done, quiet = split_lane_word(word)
+        slots: list[int] = []
+        with self.lock:
+            new = (done - handle.lane_done) & LANE_MASK
+            if not new:
+                return
+            handle.lane_done += new
+            counted, handle.lane_quiet = quiet - handle.lane_quiet, quiet
+            lane, jobs, index = handle.lane, self.jobs, self.lane_jobs
+            for _ in range(new):
+                job_id, entries, events, _ = lane.popleft()
+                del index[job_id]
+                jobs.pop(job_id, None)  # made a Job for an outcome
+                handle.queued -= events
+                slots.extend([entry[0] for entry in entries])
+        if counted:
+            self.host.accounting.count(counted, 0)
+        self.host.release(slots)
+
+    def lane_job_for_outcome(self, job_id: int) -> None:
+        """An OUTCOME names ``job_id``: if it is a lane job, make it a ``Job`` for ``settle``."""
+        if job_id in self.jobs:
+            return
+        with self.lock:
+            found = self.lane_jobs.get(job_id)
+            if found is not None and job_id not in self.jobs:
+                worker, (_, entries, _events, routes) = found
+                self.jobs[job_id] = Job(job_id, worker, EVENTS, entries, routes=routes)
+
+    def _adopt_lane(self, handle: WorkerHandle) -> None:
+        """The lane jobs a dead worker held become jobs it holds, for the rules of crashes.
+        Under the lock, once the worker's records and LANE_DONE are all read."""
+        while handle.lane:
+            job_id, entries, _events, routes = handle.lane.popleft()
+            del self.lane_jobs[job_id]
+            job = self.jobs.get(job_id)
+            if job is None:
+                job = self.jobs[job_id] = Job(job_id, handle.index, EVENTS, entries, routes=routes)
+            for slot in job.slots:
+                self.refs[slot] += 1
+            handle.outstanding[job_id] = job
+
+    def attend(self, change: int) -> None:
+        """A thread starts (+1) or stops (-1) waiting for work to finish: while any waits,
+        workers notify after each lane job (WANT_PROGRESS). Takes no lock but its own: called
+        with the bus's lock held."""
+        with self._attend_lock:
+            before = self._attending
+            self._attending += change
+            if (before > 0) != (self._attending > 0):
+                for handle in self.handles:
+                    handle.results.set_control(WANT_PROGRESS, int(self._attending > 0))
+
     def wait(self, ticket: Ticket, timeout: float | None) -> None:
         if not ticket.done.wait(timeout):
             raise TimeoutError("events were not handled in time")
 
     def help_collect(self, done: Callable[[], bool], seconds: float) -> None:
-        self.collector.read_for(done, seconds)
+        self.attend(1)
+        try:
+            self.collector.read_for(done, seconds)
+        finally:
+            self.attend(-1)
 
     def per_worker(self) -> tuple[int, ...]:
         if self._final_counts is not None:
@@ -322,6 +489,7 @@ class ProcessExecutor:
             running = controls.control(CALL_DEADLINE)  # of the call it was in; 0: none ran
             started = controls.control(PID) != 0
             handle.crashed_handled += controls.control(HANDLED)
+            self._adopt_lane(handle)
             dead_jobs = list(handle.outstanding.values())
             # Taken out of the position at once: from here on they are this thread's to charge
             # (or hand over), and nothing else (_fail_orphans in a producer) can take them too.

@@ -20,13 +20,21 @@ import os
 import select
 import signal
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._transport.channel import Channel
+from .._transport.records import SLEEP, Entry
+from .._transport.ring import SPIN_ALLOWED
 from .jobs import Job
 
-__all__ = ["WorkerHandle", "new_handle", "start", "is_dead", "reap", "stop", "kill", "ring_doorbell"]
+__all__ = ["WorkerHandle", "LaneJob", "new_handle", "start", "is_dead", "reap", "stop", "kill", "ring_doorbell",
+           "wake"]
+
+#: A lane job as the parent keeps it until the worker counts it done: its id, its entries, how
+#: many events they hold, and the routing snapshot (and key) it was written with.
+LaneJob = tuple[int, list[Entry], int, tuple[Any, object]]
 
 JOB_CHANNEL_BYTES_PER_SLOT = 48  # a job entry per slot, with room for its record
 RESULT_CHANNEL_BYTES = 1 << 22
@@ -54,6 +62,12 @@ class WorkerHandle:
     quick_deaths: int = 0      # deaths in a row of processes that lived less than a second here
     followups_taken: int = 0   # FOLLOWUP records read from its current process
     overdue: int | None = None  # the CALL_DEADLINE word of the call the parent killed it for
+    # Lane jobs written to its current process and not yet seen done, in order; how many of
+    # them the parent has seen done (LANE_DONE's count, unwrapped) and the quiet calls counted.
+    lane: deque[LaneJob] = field(default_factory=deque)
+    lane_done: int = 0
+    lane_quiet: int = 0
+    rung: int = 0  # the SLEEP word the doorbell was last rung for
 
     @property
     def watch_fd(self) -> int:
@@ -80,6 +94,7 @@ def start(mp: Any, handle: WorkerHandle, target: Any, args: tuple[Any, ...]) -> 
     process.start()
     handle.process = process
     handle.routes_key = None
+    handle.lane_done = handle.lane_quiet = handle.rung = 0  # its channels were reset
     handle.started_at = time.monotonic()
     try:
         handle.pidfd = os.pidfd_open(process.pid)
@@ -146,6 +161,18 @@ def kill(handle: WorkerHandle) -> None:
             os.kill(handle.process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass  # gone already: its death is noticed all the same
+
+
+def wake(handle: WorkerHandle) -> None:
+    """Ring the doorbell of a worker that sleeps on it, once per sleep; one that is awake
+    finds the new record by itself (see ``worker``). Where readers may look only after a
+    kernel wake-up (not x86-64, see ``_transport.ring``), every time."""
+    if SPIN_ALLOWED:
+        word = handle.jobs.control(SLEEP)
+        if not word & 1 or word == handle.rung:
+            return
+        handle.rung = word
+    ring_doorbell(handle)
 
 
 def ring_doorbell(handle: WorkerHandle) -> None:

@@ -7,6 +7,15 @@ see ``_ring``), then sleep in ``select`` on the doorbell pipe. A watchdog thread
 process as soon as the parent is gone, even mid-handler: it sleeps on a pidfd of the parent
 (Linux), or else checks every half second.
 
+Lane jobs (``LANE``, see ``records``): a small publish the parent wrote while this worker was
+awake. Finishing one is a store into LANE_DONE, no record and no system call; the parent learns
+of it when it looks (each publish, its collector), and is notified only when it waits for
+progress (WANT_PROGRESS), when the job sent records (outcomes, follow-ups), or once before
+this worker sleeps. Sleeping is announced in SLEEP (odd), so that the parent rings the
+doorbell only then. A record the parent wrote just as SLEEP turned odd may have been missed by
+both sides (x86-64 lets a store pass a later load), so the first sleep is short
+(``LOST_WAKEUP_SECONDS``) and the channel is looked at again before a sleep without end.
+
 ``async def`` handlers. A call that returns an awaitable hands the rest of its event (or its
 batch call) to a continuation (see ``_pipeline``) that runs on this worker's event loop, made
 on first need; the job goes on with its next event, so the handlers of different events,
@@ -41,9 +50,9 @@ from .._event import BACKGROUND, Context, Event, Result, current_emitter
 from .._pipeline import NO_RESULT, BatchRest, ChainRest, Continuation, Item, returns_awaitable, run_chunk
 from .._transport.records import (
     ASYNC, ASYNC_REC, BATCH, BATCH_HEAD, CALL_DEADLINE, CUR_CALL, CUR_JOB, CUR_POS, CUR_PROCESSED, DONE,
-    DONE_REC, FOLLOWUP, FOLLOWUP_HEAD, FOLLOWUP_ROOM, FOLLOWUPS_TAKEN, EVENTS, HANDLED, JOB_HEAD, ORDERED,
-    OUTCOME, OUTCOME_HEAD, PARKED, PARKED_REC, PID, ROUTES, ROUTES_HEAD, STOP, WHOLE_EVENT, Entry, call_word,
-    deadline_word, unpack_entries,
+    DONE_REC, FOLLOWUP, FOLLOWUP_HEAD, FOLLOWUP_ROOM, FOLLOWUPS_TAKEN, EVENTS, HANDLED, JOB_HEAD, LANE,
+    LANE_DONE, ORDERED, OUTCOME, OUTCOME_HEAD, PARKED, PARKED_REC, PID, ROUTES, ROUTES_HEAD, SLEEP, STOP,
+    WANT_PROGRESS, WHOLE_EVENT, Entry, call_word, deadline_word, lane_word, unpack_entries,
 )
 from .._transport.ring import SPIN_ALLOWED, SlotRing
 from .._transport.stats import BUSY, IDLE, W_HANDLED, W_JOBS, WorkerLine
@@ -66,6 +75,8 @@ SPIN_SECONDS = 50e-6
 #: result, and a worker caught spinning spares a wake-up on each side. The CPU is yielded
 #: between looks, so that the caller gets it where both share a core.
 SPIN_SUBMITTED_SECONDS = 500e-6
+_yield = getattr(os, "sched_yield", lambda: None)
+LOST_WAKEUP_SECONDS = 0.001
 PARENT_CHECK_SECONDS = 0.5
 _NOTHING = object()  # no projection seen yet
 #: A slot's events, their context, earlier attempts, and whether a caller waits for their
@@ -137,6 +148,13 @@ class Worker:
         self.line: WorkerLine | None = None
         self.handled_before = 0
         self.jobs_done = 0
+        # Lane jobs finished and their quiet calls (LANE_DONE), records sent, what the parent
+        # was last notified of, and the sleeps so far (SLEEP).
+        self.lane_done = 0
+        self.lane_quiet = 0
+        self.sent = 0
+        self.notified = (0, 0)
+        self.sleeps = 0
 
     def attach_stats(self, line: WorkerLine) -> None:
         """Write this position's statistics line from now on: ours while we run. The handled
@@ -169,8 +187,9 @@ class Worker:
                     return
                 continue
             kind, payload = record
-            self.ordered = bool(kind & ORDERED)
-            kind &= ~ORDERED
+            lane = bool(kind & LANE)
+            self.ordered = bool(kind & (ORDERED | LANE))  # a lane job never parks (see records)
+            kind &= ~(ORDERED | LANE)
             if kind == STOP:
                 while self.tasks:
                     self.run_loop(_FOR_ALL)
@@ -181,12 +200,13 @@ class Worker:
                 self.timed_chains = {}
             elif kind == EVENTS:
                 job, _count = JOB_HEAD.unpack_from(payload)
-                self.run_events(job, unpack_entries(payload, JOB_HEAD.size))
+                self.run_events(job, unpack_entries(payload, JOB_HEAD.size), lane)
             elif kind == BATCH:
                 job, _count, key, route = BATCH_HEAD.unpack_from(payload)
                 self.run_batch(job, unpack_entries(payload, BATCH_HEAD.size), key, route)
             if kind != ROUTES:
-                self.notify_parent()  # a finished job: the parent frees its slots and feeds us more
+                if not lane:
+                    self.notify_parent()  # a finished job: the parent frees its slots and feeds us more
                 if self.tasks:
                     self.loop_once()  # awaiting handlers move on between jobs too
 
@@ -204,14 +224,28 @@ class Worker:
         loop = self.event_loop()
         self.wake = loop.create_future()
         self.waiting_for = waiting_for
+        recheck: asyncio.TimerHandle | None = None
         if waiting_for == _FOR_JOBS:
+            self.before_sleep()
             loop.add_reader(self.doorbell_fd, self.doorbell)
+            if self.jobs.has_data():
+                self.wake.set_result(True)
+            else:
+                recheck = loop.call_later(LOST_WAKEUP_SECONDS, self.look_again)
         try:
             return loop.run_until_complete(self.wake)
         finally:
             if waiting_for == _FOR_JOBS:
                 loop.remove_reader(self.doorbell_fd)
+                self.awake()
+                if recheck is not None:
+                    recheck.cancel()
             self.wake = None
+
+    def look_again(self) -> None:
+        """A record that came as SLEEP turned odd is seen here (see the module docstring)."""
+        if self.jobs.has_data() and self.wake is not None and not self.wake.done():
+            self.wake.set_result(True)
 
     def doorbell(self) -> None:
         try:
@@ -281,28 +315,53 @@ class Worker:
     def wait_for_work(self) -> bool:
         """Spin briefly, then sleep on the doorbell; False once the parent is gone.
 
-        After a job with a submitted event the spin is longer (``SPIN_SUBMITTED_SECONDS``)
-        and yields the CPU between looks; idle, a worker spins that long once, then sleeps.
-        The sleep has no timeout: the watchdog thread ends the process if the parent dies.
+        After a job with a submitted event the spin is longer (``SPIN_SUBMITTED_SECONDS``);
+        either yields the CPU between looks. Then SLEEP turns odd and the worker sleeps.
+        The last sleep has no timeout: the watchdog thread ends the process if the parent dies.
         """
+        jobs = self.jobs
         if SPIN_ALLOWED:
+            # Between looks the core goes to whoever else can run (the producer, on a machine
+            # with no core to spare); on an idle core sched_yield returns at once.
             submitted, self.submitted = self.submitted, False
             until = time.perf_counter() + (SPIN_SUBMITTED_SECONDS if submitted else SPIN_SECONDS)
             while time.perf_counter() < until:
-                if self.jobs.has_data():
+                if jobs.has_data():
                     return True
-                if submitted:
-                    os.sched_yield()
-        select.select([self.doorbell_fd], [], [])
+                _yield()
+        self.before_sleep()
         try:
-            return bool(os.read(self.doorbell_fd, 4096))  # b"": every writer closed, parent gone
-        except BlockingIOError:
-            return True
+            if jobs.has_data():
+                return True
+            if not select.select([self.doorbell_fd], [], [], LOST_WAKEUP_SECONDS)[0]:
+                if jobs.has_data():
+                    return True
+                select.select([self.doorbell_fd], [], [])
+            try:
+                return bool(os.read(self.doorbell_fd, 4096))  # b"": every writer closed, parent gone
+            except BlockingIOError:
+                return True
+        finally:
+            self.awake()
+
+    def before_sleep(self) -> None:
+        """About to sleep on the doorbell: tell the parent of lane jobs it was not notified of,
+        and make SLEEP odd (the parent rings only then)."""
+        if self.notified != (self.sent, self.lane_done):
+            self.notify_parent()
+        self.sleeps += 1
+        words, base = self.progress
+        words[base + SLEEP] = 2 * self.sleeps - 1
+
+    def awake(self) -> None:
+        words, base = self.progress
+        words[base + SLEEP] = 2 * self.sleeps
 
     def parent_alive(self) -> bool:
         return self.owner.alive()
 
     def notify_parent(self) -> None:
+        self.notified = (self.sent, self.lane_done)
         try:
             os.write(self.notify_fd, b"\x01")
         except BlockingIOError:
@@ -322,8 +381,11 @@ class Worker:
         if self.line is not None:
             self.line.set_state(BUSY, time.time())
 
-    def finish_job(self) -> None:
+    def finish_job(self, lane: bool = False) -> None:
         events = sum(stop - start for _, _, start, stop in self.entries)
+        if lane:
+            self.finish_lane_job(events)
+            return
         if self.job_awaits.get(self.job):  # some of its events await: parked until they end
             self.parked[self.job] = events
             self.put_result(PARKED, PARKED_REC.pack(self.job, self.quiet))
@@ -331,17 +393,31 @@ class Worker:
         self.done(self.job, events, self.quiet)
 
     def done(self, job: int, events: int, quiet: int) -> None:
+        self.count_handled(events)  # before DONE: flush() may return on DONE
+        self.put_result(DONE, DONE_REC.pack(job, quiet, 0))
+
+    def count_handled(self, events: int) -> None:
         self.handled += events
-        self.controls.set_control(HANDLED, self.handled)  # before DONE: flush() may return on DONE
+        self.controls.set_control(HANDLED, self.handled)
         line = self.line
         if line is not None:
             self.jobs_done += 1
             line.set(W_HANDLED, self.handled_before + self.handled)
             line.set(W_JOBS, self.jobs_done)
             line.set_state(IDLE, time.time())
-        self.put_result(DONE, DONE_REC.pack(job, quiet, 0))
 
-    def run_events(self, job: int, entries: list[Entry]) -> None:
+    def finish_lane_job(self, events: int) -> None:
+        """A lane job is done: one store says so (its records, if any, went before it). The
+        parent is notified at once only if it waits for progress or the job sent records."""
+        self.count_handled(events)
+        self.lane_done += 1
+        self.lane_quiet += self.quiet
+        words, base = self.progress
+        words[base + LANE_DONE] = lane_word(self.lane_done, self.lane_quiet)
+        if self.sent != self.notified[0] or self.results.control(WANT_PROGRESS):
+            self.notify_parent()
+
+    def run_events(self, job: int, entries: list[Entry], lane: bool = False) -> None:
         self.start_job(job, entries)
         reset = current_emitter.set(self.emit)
         try:
@@ -349,7 +425,7 @@ class Worker:
                 self.run_handlers(events, ctx, pos, report)
         finally:
             current_emitter.reset(reset)
-        self.finish_job()
+        self.finish_job(lane)
 
     def slices(self) -> Iterator[tuple[list[Event], Context, int, int, bool]]:
         """The job's events slot by slot, decoded straight from the ring: each slot's share of
@@ -557,6 +633,7 @@ class Worker:
     def put_result(self, kind: int, payload: bytes) -> None:
         """One record for the parent (an outcome, a follow-up, a finished job...)."""
         self.results.put(kind, payload, self.wait_for_parent)
+        self.sent += 1
 
     def wait_for_parent(self) -> None:
         """The result channel is full: wake the parent and give it a moment."""

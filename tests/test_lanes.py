@@ -1,0 +1,148 @@
+"""Lane jobs: one-event publishes written straight to an awake worker, counted done in one word
+(LANE_DONE) instead of a DONE record each, and harvested by the parent (see ``_workers.pool``).
+
+Without hooks nothing reports a lane job's success but that word, so these specs count through
+the parent's own accounting: ``processed`` (every call once, failed ones too) and the DLQ must
+add up to what was published, exactly (anything counted twice would show as too many)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from busmp import BLOCK, DROP_OLDEST, DeadLetterQueue, Dispatcher, Event, EventStore, Result
+from busmp._transport.records import LANE_DONE, SLEEP, WANT_PROGRESS, split_lane_word
+
+FLUSH = 30.0
+
+
+def noop(ctx, event):
+    return None
+
+
+def odd_fails(ctx, event):
+    if event.data % 2:
+        raise ValueError(f"odd {event.data}")
+
+
+def slow(ctx, event):
+    time.sleep(0.0005)
+
+
+def double(ctx, event):
+    return Result("double", 2 * event.data)
+
+
+def lane_jobs_done(store: EventStore) -> int:
+    return sum(handle.lane_done for handle in store._bus.executor.handles)
+
+
+def test_one_event_publishes_go_by_lane_and_each_is_counted_once():
+    d = Dispatcher()
+    d.register("p", noop)
+    with EventStore(d, workers=2, start_method="fork") as store:
+        for i in range(2000):
+            store.subscribe(Event("p", i))
+            store.publish()
+        store.flush(timeout=FLUSH)
+        stats = store.stats()
+        assert store.metrics().processed == 2000
+        # A publish goes by lane unless both workers are behind (then it is planned and merged).
+        assert 0 < lane_jobs_done(store) <= 2000
+        assert stats.in_flight == 0 and stats.free_slots == stats.slots
+        for handle in store._bus.executor.handles:
+            assert split_lane_word(handle.jobs.control(LANE_DONE))[0] == handle.lane_done
+            assert handle.results.control(WANT_PROGRESS) == 0  # flush() is over: nobody waits
+
+
+def test_outcomes_of_lane_jobs_reach_hooks_and_the_dlq_with_their_own_events():
+    """An OUTCOME is read before its lane job's slot is given back: every hook and dead letter
+    names the event that was really handled, even while slots are reused at once."""
+    d = Dispatcher()
+    d.register("p", odd_fails)
+    seen: list[tuple[int, bool]] = []
+    with EventStore(d, buffer_size=16, workers=2, start_method="fork", dlq=DeadLetterQueue()) as store:
+        store.on_after(lambda ctx, ev, result, error: seen.append((ev.data, error is None)))
+        for i in range(1000):
+            store.subscribe(Event("p", i), timeout=FLUSH)
+            store.publish()
+        store.flush(timeout=FLUSH)
+        letters = store.dlq.entries()
+        metrics = store.metrics()
+        assert lane_jobs_done(store) > 0
+    assert sorted(seen) == [(i, i % 2 == 0) for i in range(1000)]
+    assert sorted(letter.event.data for letter in letters) == list(range(1, 1000, 2))
+    assert all(isinstance(letter.error, ValueError) for letter in letters)
+    assert (metrics.processed, metrics.errors) == (1000, 500)
+
+
+@pytest.mark.parametrize("policy_ring", [(DROP_OLDEST, 1 << 12), (BLOCK, 8)], ids=["drop_oldest", "block"])
+def test_a_worker_killed_mid_stream_charges_exactly_what_it_held(policy_ring):
+    """No hooks: lane jobs report nothing but LANE_DONE. A worker killed while it holds some
+    turns exactly those into WorkerCrashed dead letters; the rest are counted handled, once."""
+    policy, ring = policy_ring
+    d = Dispatcher()
+    d.register("p", slow)
+    total = 1500
+    store = EventStore(d, buffer_size=ring, policy=policy, workers=2, start_method="fork", dlq=DeadLetterQueue())
+    try:
+        for i in range(total):
+            store.subscribe(Event("p", i), timeout=FLUSH)
+            store.publish()
+            if i == total // 3:
+                os.kill(store.stats().worker_pids[0], signal.SIGKILL)
+        store.flush(timeout=FLUSH)
+        letters = store.dlq.entries()
+        metrics, stats = store.metrics(), store.stats()
+    finally:
+        store.drain(timeout=FLUSH)
+    dead = [letter.event.data for letter in letters]
+    assert all(type(letter.error).__name__ == "WorkerCrashed" for letter in letters)
+    assert len(dead) == len(set(dead))
+    # processed counts every call once, a failed one too: the dead letters are its errors.
+    assert metrics.errors == len(dead)
+    assert metrics.processed + stats.dropped == total
+    assert stats.in_flight == 0 and stats.free_slots == stats.slots
+
+
+def test_a_sleeping_worker_is_woken_by_its_doorbell():
+    """An idle worker announces its sleep (SLEEP odd); a lane job for it rings its doorbell."""
+    d = Dispatcher()
+    d.register("p", double)
+    with EventStore(d, workers=1, start_method="fork") as store:
+        handle = store._bus.executor.handles[0]
+        for i in range(5):
+            time.sleep(0.05)
+            assert handle.jobs.control(SLEEP) % 2 == 1, "an idle worker sleeps on its doorbell"
+            t0 = time.monotonic()
+            assert [r.value for r in store.submit(Event("p", i)).result(timeout=FLUSH)] == [2 * i]
+            assert time.monotonic() - t0 < 5.0
+        assert lane_jobs_done(store) == 5
+
+
+def test_flush_from_another_thread_sees_a_stream_finish():
+    """flush() in one thread while another streams: it returns once all that was published
+    before it returned is done (the waiting thread asks the workers for progress)."""
+    d = Dispatcher()
+    d.register("p", slow)
+    with EventStore(d, workers=2, start_method="fork") as store:
+        done = threading.Event()
+
+        def produce() -> None:
+            for i in range(600):
+                store.subscribe(Event("p", i))
+                store.publish()
+            done.set()
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        while not done.is_set():
+            store.flush(timeout=FLUSH)
+        producer.join()
+        store.flush(timeout=FLUSH)
+        assert store.metrics().processed == 600
+        assert store.stats().in_flight == 0
