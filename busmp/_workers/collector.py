@@ -149,7 +149,7 @@ class Collector:
             self._mute(True)
             try:
                 while not done():
-                    if any(h.results.has_data() for h in handles):
+                    if any(map(self._pool.has_news, handles)):
                         self.read_results()
                     elif time.monotonic() >= until:
                         break
@@ -158,7 +158,7 @@ class Collector:
             finally:
                 # What the bytes in the pipe announced is read before the pipe wakes the
                 # collector again; a byte written after the drain wakes it, as it should.
-                if self._drain_notify() and any(h.results.has_data() for h in handles):
+                if self._drain_notify() and any(map(self._pool.has_news, handles)):
                     self.read_results()
                 self._mute(False)
         finally:

@@ -325,6 +325,10 @@ class ProcessExecutor:
             self.host.accounting.count(counted, 0)
         self.host.release(slots)
 
+    def has_news(self, handle: WorkerHandle) -> bool:
+        """Whether ``handle``'s worker sent records or finished lane jobs not yet taken in."""
+        return handle.results.has_data() or (handle.jobs.control(LANE_DONE) - handle.lane_done) & LANE_MASK != 0
+
     def lane_job_for_outcome(self, job_id: int) -> None:
         """An OUTCOME names ``job_id``: if it is a lane job, make it a ``Job`` for ``settle``."""
         if job_id in self.jobs:
