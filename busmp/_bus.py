@@ -875,6 +875,7 @@ class Bus:
         done: list[Submission] = []
         with self.lock:
             events = self.slots.release(slots)
+            self.slots.sync_header()
             if self._submitted:
                 done = [s for s in map(self._submitted.pop, slots, [None] * len(slots)) if s is not None]
             self._notify_room()

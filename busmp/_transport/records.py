@@ -65,7 +65,7 @@ __all__ = [
     "call_word", "split_call_word", "FOLLOWUP_ROOM", "FOLLOWUPS_TAKEN", "CALL_DEADLINE", "deadline_word",
     "split_deadline_word", "LANE", "LANE_DONE", "SLEEP", "WANT_PROGRESS", "LANE_BITS", "LANE_MASK", "lane_word",
     "split_lane_word",
-    "Entry", "pack_entries", "unpack_entries",
+    "Entry", "ONE_ENTRY_JOB", "pack_entries", "unpack_entries",
 ]
 
 ROUTES, EVENTS, BATCH, STOP = 1, 2, 3, 4
@@ -138,6 +138,7 @@ def split_lane_word(word: int) -> tuple[int, int]:
 
 
 ENTRY = struct.Struct("<4q")  # slot, seq (of the slot's first event), start, stop
+ONE_ENTRY_JOB = struct.Struct("<QI4q")  # JOB_HEAD and one ENTRY, packed at once (a lane job's usual shape)
 Entry = tuple[int, int, int, int]
 
 

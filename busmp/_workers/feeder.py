@@ -19,7 +19,9 @@ import cloudpickle
 
 from .._dispatch import Routes, handler_name
 from .._errors import BusError
-from .._transport.records import BATCH_HEAD, EVENTS, JOB_HEAD, LANE, ORDERED, ROUTES, ROUTES_HEAD, Entry, pack_entries
+from .._transport.records import (
+    BATCH_HEAD, EVENTS, JOB_HEAD, LANE, ONE_ENTRY_JOB, ORDERED, ROUTES, ROUTES_HEAD, Entry, pack_entries,
+)
 from .jobs import MAX_JOB, Job
 from .processes import WorkerHandle, is_dead, ring_doorbell, wake
 
@@ -38,6 +40,7 @@ class Feeder:
     def __init__(self, pool: ProcessExecutor) -> None:
         self._pool = pool
         self._routes_cache: tuple[object, bytes] | None = None
+        self._waiters: dict[int, Any] = {}  # per worker position, made once
 
     def feed(self, woken: set[int]) -> None:
         """Give each live worker jobs until it holds ``FEED_DEPTH``, one at a time in turn,
@@ -107,8 +110,11 @@ class Feeder:
                        ) -> None:
         """Put a lane job (see ``pool``) into the worker's job channel, after its routes."""
         self.write_routes(handle, *routes)
-        handle.jobs.put(EVENTS | LANE, JOB_HEAD.pack(job_id, len(entries)) + pack_entries(entries),
-                        self._waiter(handle))
+        if len(entries) == 1:
+            record = ONE_ENTRY_JOB.pack(job_id, 1, *entries[0])
+        else:
+            record = JOB_HEAD.pack(job_id, len(entries)) + pack_entries(entries)
+        handle.jobs.put(EVENTS | LANE, record, self._waiter(handle))
 
     def write_routes(self, handle: WorkerHandle, routes: Routes, key: object) -> None:
         """A ROUTES record, if the worker's copy of the routes is not ``key``'s."""
@@ -128,11 +134,16 @@ class Feeder:
 
     def _waiter(self, handle: WorkerHandle) -> Any:
         """What a full job channel waits with: wake the worker, give it a moment."""
+        made = self._waiters.get(handle.index)
+        if made is not None:
+            return made
+
         def wait() -> None:
             if is_dead(handle):
                 raise BusError(f"worker {handle.index} died while its job channel was full")
             ring_doorbell(handle)
             time.sleep(0.0002)
+        self._waiters[handle.index] = wait
         return wait
 
 

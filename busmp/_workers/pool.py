@@ -254,7 +254,6 @@ class ProcessExecutor:
             handle = self._lane_for() if not self.closing else None
             if handle is None:
                 return False
-            table.sync_header()
             if entries:
                 job: LaneJob = (self.planner.new_job_id(), entries, events, (routes, key))
                 handle.lane.append(job)  # first: if the write fails, the worker's death charges it

@@ -155,6 +155,7 @@ class Worker:
         self.sent = 0
         self.notified = (0, 0)
         self.sleeps = 0
+        self.busy = False  # what the statistics line says (BUSY from a job's start until a sleep)
 
     def attach_stats(self, line: WorkerLine) -> None:
         """Write this position's statistics line from now on: ours while we run. The handled
@@ -347,6 +348,9 @@ class Worker:
     def before_sleep(self) -> None:
         """About to sleep on the doorbell: tell the parent of lane jobs it was not notified of,
         and make SLEEP odd (the parent rings only then)."""
+        if self.line is not None and self.busy:
+            self.line.set_state(IDLE, time.time())
+            self.busy = False
         if self.notified != (self.sent, self.lane_done):
             self.notify_parent()
         self.sleeps += 1
@@ -372,14 +376,15 @@ class Worker:
         self.entries, self.quiet = entries, 0
         if self.reporting:
             self.reporting = set()
-        jobs = self.controls
-        jobs.set_control(CUR_POS, 0)
-        jobs.set_control(CUR_CALL, 0)
-        jobs.set_control(CUR_PROCESSED, 0)
-        jobs.set_control(CUR_JOB, job)  # last: until now a crash charges the whole job
+        words, base = self.progress
+        words[base + CUR_POS] = 0
+        words[base + CUR_CALL] = 0
+        words[base + CUR_PROCESSED] = 0
+        words[base + CUR_JOB] = job  # last: until now a crash charges the whole job
         self.job = job
-        if self.line is not None:
+        if self.line is not None and not self.busy:  # idle again only when it sleeps
             self.line.set_state(BUSY, time.time())
+            self.busy = True
 
     def finish_job(self, lane: bool = False) -> None:
         events = sum(stop - start for _, _, start, stop in self.entries)
@@ -404,7 +409,6 @@ class Worker:
             self.jobs_done += 1
             line.set(W_HANDLED, self.handled_before + self.handled)
             line.set(W_JOBS, self.jobs_done)
-            line.set_state(IDLE, time.time())
 
     def finish_lane_job(self, events: int) -> None:
         """A lane job is done: one store says so (its records, if any, went before it). The
