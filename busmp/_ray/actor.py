@@ -36,7 +36,8 @@ from .._transport.records import (
 )
 from .._workers.worker import _FOR_ALL, Worker
 
-__all__ = ["BusActor", "TimedBusActor", "ActorWorker", "Call", "CONTROL_WORDS", "Overdue"]
+__all__ = ["BusActor", "TimedBusActor", "REMOTE_ACTOR", "REMOTE_TIMED_ACTOR", "ActorWorker", "Call",
+           "CONTROL_WORDS", "Overdue"]
 
 CONTROL_WORDS = 16  # room for the progress words a worker writes (see _transport.records)
 
@@ -148,7 +149,7 @@ class ActorWorker(Worker):
         return None  # the parent hears of everything when the call returns
 
 
-class _BusActor:
+class BusActor:
     """The Ray actor: one :class:`ActorWorker`; calls run one at a time, in the order sent."""
 
     def __init__(self, handler_timeout: float | None = None, niceness: int | None = None) -> None:
@@ -180,7 +181,7 @@ def match_niceness(niceness: int | None) -> None:
         pass
 
 
-class _TimedBusActor(_BusActor):
+class TimedBusActor(BusActor):
     """With a ``handler_timeout``: ``overdue()`` runs in a thread of its own while a call runs."""
 
     @ray.method(concurrency_group="watch")
@@ -188,6 +189,7 @@ class _TimedBusActor(_BusActor):
         return self.worker.overdue()
 
 
+# The actor classes as Ray makes them; the processes are named after the classes (ray::BusActor).
 _remote: Any = ray.remote  # Ray's stubs do not know all of its options (concurrency_groups)
-BusActor: Any = _remote(_BusActor)
-TimedBusActor: Any = _remote(concurrency_groups={"watch": 1})(_TimedBusActor)
+REMOTE_ACTOR: Any = _remote(BusActor)
+REMOTE_TIMED_ACTOR: Any = _remote(concurrency_groups={"watch": 1})(TimedBusActor)

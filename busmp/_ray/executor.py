@@ -74,7 +74,7 @@ from .._workers.feeder import pickle_routes
 from .._workers.jobs import MAX_JOB, Job, Planner, charge_calls, split_unstarted, timeout_error
 from .._workers.pool import _frontier
 from . import cluster
-from .actor import BusActor, Overdue, TimedBusActor
+from .actor import REMOTE_ACTOR, REMOTE_TIMED_ACTOR, Overdue
 
 __all__ = ["RayExecutor"]
 
@@ -155,7 +155,7 @@ class RayExecutor:
     def _start(self, slot: ActorSlot) -> None:
         """Start an actor at ``slot``'s position; its pid arrives later (``_pid_arrived``)."""
         slot.generation += 1
-        actor = TimedBusActor if self.handler_timeout else BusActor
+        actor = REMOTE_TIMED_ACTOR if self.handler_timeout else REMOTE_ACTOR
         slot.actor = actor.options(**self._options).remote(self.handler_timeout, self._niceness)
         slot.pid, slot.routes_key, slot.asking = None, None, False
         self.host.stats_block.set_worker(slot.index, 0, STARTING)
