@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from bisect import bisect_right
 from dataclasses import dataclass
 from itertools import accumulate
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -124,8 +125,9 @@ class Planner:
                 and sum(table.live[s] for s in listed) <= SMALL_PUBLISH:
             return self._plan_small(listed, routes, ticket, worker)
         slots = np.array(listed, dtype=np.int64)
-        starts = np.fromiter((table.first[s] for s in listed), np.int64, len(listed))
-        sizes = np.fromiter((table.live[s] for s in listed), np.int64, len(listed))
+        pick = itemgetter(*listed)
+        starts = np.array(pick(table.first), dtype=np.int64).reshape(-1)  # one slot: a scalar
+        sizes = np.array(pick(table.live), dtype=np.int64).reshape(-1)
         entries = np.stack([slots, ring.seqs(slots), starts, starts + sizes], axis=1)
         hashes = ring.routes(slots)
         jobs: list[Job] = []
@@ -165,7 +167,11 @@ class Planner:
 def _cut_exact(entries: np.ndarray, size: int) -> list[list[Entry]]:
     """Groups of exactly ``size`` events (the last may be short), splitting entries as needed.
 
-    Whole entries are taken in one step, so the loop runs per slot, not per event."""
+    Whole entries are taken in one step, so the loop runs per slot, not per event; slots of
+    one event each (one-at-a-time subscribes) are cut by slicing, with no loop at all."""
+    if len(entries) and bool((entries[:, 3] - entries[:, 2] == 1).all()):
+        rows: list[Entry] = list(map(tuple, entries.tolist()))
+        return [rows[i: i + size] for i in range(0, len(rows), size)]
     groups: list[list[Entry]] = []
     current: list[Entry] = []
     room = size
