@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from busmp import BLOCK, DROP_OLDEST, DeadLetterQueue, Dispatcher, Event, EventStore, Result
+from busmp import BLOCK, DROP_OLDEST, RETURN_ERROR, BufferFull, DeadLetterQueue, Dispatcher, Event, EventStore, Result
 from busmp._transport.records import LANE_DONE, SLEEP, WANT_PROGRESS, split_lane_word
 
 FLUSH = 30.0
@@ -80,18 +80,22 @@ def test_outcomes_of_lane_jobs_reach_hooks_and_the_dlq_with_their_own_events():
     assert (metrics.processed, metrics.errors) == (1000, 500)
 
 
-@pytest.mark.parametrize("policy_ring", [(DROP_OLDEST, 1 << 12), (BLOCK, 8)], ids=["drop_oldest", "block"])
+@pytest.mark.parametrize("policy_ring", [(DROP_OLDEST, 1 << 12), (BLOCK, 8), (RETURN_ERROR, 8)],
+                         ids=["drop_oldest", "block", "return_error"])
 def test_a_worker_killed_mid_stream_charges_exactly_what_it_held(policy_ring):
     """No hooks: lane jobs report nothing but LANE_DONE. A worker killed while it holds some
     turns exactly those into WorkerCrashed dead letters; the rest are counted handled, once."""
     policy, ring = policy_ring
     d = Dispatcher()
     d.register("p", slow)
-    total = 1500
+    total, refused = 1500, 0
     store = EventStore(d, buffer_size=ring, policy=policy, workers=2, start_method="fork", dlq=DeadLetterQueue())
     try:
         for i in range(total):
-            store.subscribe(Event("p", i), timeout=FLUSH)
+            try:
+                store.subscribe(Event("p", i), timeout=FLUSH)
+            except BufferFull:
+                refused += 1  # RETURN_ERROR with every slot in a worker: refused, the store unchanged
             store.publish()
             if i == total // 3:
                 os.kill(store.stats().worker_pids[0], signal.SIGKILL)
@@ -105,7 +109,7 @@ def test_a_worker_killed_mid_stream_charges_exactly_what_it_held(policy_ring):
     assert len(dead) == len(set(dead))
     # processed counts every call once, a failed one too: the dead letters are its errors.
     assert metrics.errors == len(dead)
-    assert metrics.processed + stats.dropped == total
+    assert metrics.processed + stats.dropped + refused == total
     assert stats.in_flight == 0 and stats.free_slots == stats.slots
 
 
