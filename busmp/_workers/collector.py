@@ -135,9 +135,11 @@ class Collector:
         collector meanwhile only watches for dying workers). If the collector is reading, this
         waits for it within the same ``seconds``: its round is short, and may complete ``done``.
 
-        It polls the result channels rather than sleeping on the notify pipe: waking a thread
-        costs more than a short round trip takes. The CPU is given up between looks (and the
-        GIL with it), so other threads and processes on this core run meanwhile.
+        Between reads it sleeps on the notify pipe, which meanwhile wakes this thread alone
+        (it is out of the collector's gate). Polling the channels instead, giving up the CPU
+        between looks, measured faster on an idle machine and far slower on a loaded one: a
+        yielding thread queues behind every other process on its CPU, a sleeping one is woken
+        ahead of them.
         """
         until = time.monotonic() + seconds
         if not self.reading.acquire(timeout=seconds):
@@ -151,10 +153,14 @@ class Collector:
                 while not done():
                     if any(map(self._pool.has_news, handles)):
                         self.read_results()
-                    elif time.monotonic() >= until:
+                        continue
+                    remaining = until - time.monotonic()
+                    if remaining <= 0:
                         break
-                    else:
-                        os.sched_yield()
+                    # News (records, a lane word) comes before its byte, and while we wait
+                    # workers send one after each lane job too (WANT_PROGRESS, see ``attend``).
+                    if select.select([self._notify_r], [], [], remaining)[0]:
+                        self._drain_notify()
             finally:
                 # What the bytes in the pipe announced is read before the pipe wakes the
                 # collector again; a byte written after the drain wakes it, as it should.
