@@ -407,9 +407,14 @@ def merge_results(old_meta: dict[str, Any], old: list[WorkloadResult], meta: dic
     by_name.update({r.name: r for r in new})
     merged_meta = dict(old_meta) if old_meta else dict(meta)
     if old_meta:
-        runs = [*old_meta.get("merged", []),
-                {"date": meta["date"], "git": meta["git"], "workloads": [r.name for r in new],
-                 "repetitions": meta["repetitions"], "total_seconds": meta.get("total_seconds")}]
+        replaced = {r.name for r in new}
+        runs = []
+        for run in old_meta.get("merged", []):  # an earlier merged run keeps only the rows still its own
+            kept = [name for name in run["workloads"] if name not in replaced]
+            if kept:
+                runs.append({**run, "workloads": kept})
+        runs.append({"date": meta["date"], "git": meta["git"], "workloads": [r.name for r in new],
+                     "repetitions": meta["repetitions"], "total_seconds": meta.get("total_seconds")})
         merged_meta["merged"] = runs
     order = [name for name in WORKLOADS if name in by_name]
     return merged_meta, [by_name[name] for name in order]

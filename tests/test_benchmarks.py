@@ -73,3 +73,9 @@ def test_a_merged_run_replaces_only_its_own_workloads_rows(tmp_path):
     assert (meta["date"], meta["git"]) == ("d1", "aaa")
     assert [(run["git"], run["workloads"]) for run in meta["merged"]] == [("bbb", ["subscribe"])]
     assert "rows of subscribe from a later run (d2, git bbb" in (tmp_path / "results.md").read_text()
+
+    latest = {**first, "date": "d3", "git": "ccc"}
+    meta, merged = _runner.merge_results(*_runner.load_results(tmp_path), latest,
+                                         [result("subscribe", 5.0), result("startup", 6.0)])
+    assert [(run["git"], run["workloads"]) for run in meta["merged"]] == [("ccc", ["subscribe", "startup"])]
+    assert [r.contenders[0].seconds for r in merged] == [[5.0, 5.0], [6.0, 6.0]]
