@@ -61,12 +61,13 @@ class Collector:
         self._pool = pool
         self.reading = threading.Lock()
         self._notify_r, self.notify_w = pool.mp.Pipe(duplex=False)
-        os.set_blocking(self._notify_r.fileno(), False)
+        self._notify_fd = self._notify_r.fileno()  # valid until close(); read on every round trip
+        os.set_blocking(self._notify_fd, False)
         # The gate (see the module docstring); where there is no epoll, the pipe itself.
         self._gate = select.epoll() if hasattr(select, "epoll") else None
         if self._gate is not None:
-            self._gate.register(self._notify_r.fileno(), select.EPOLLIN)
-        self._wake_fd = self._gate.fileno() if self._gate is not None else self._notify_r.fileno()
+            self._gate.register(self._notify_fd, select.EPOLLIN)
+        self._wake_fd = self._gate.fileno() if self._gate is not None else self._notify_fd
         self._stop_r, self._stop_w = os.pipe()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         # With a handler_timeout the loop also wakes often enough to kill an overdue call soon
@@ -159,7 +160,7 @@ class Collector:
                         break
                     # News (records, a lane word) comes before its byte, and while we wait
                     # workers send one after each lane job too (WANT_PROGRESS, see ``attend``).
-                    if select.select([self._notify_r], [], [], remaining)[0]:
+                    if select.select([self._notify_fd], [], [], remaining)[0]:
                         self._drain_notify()
             finally:
                 # What the bytes in the pipe announced is read before the pipe wakes the
@@ -173,12 +174,12 @@ class Collector:
     def _mute(self, muted: bool) -> None:
         """Take the notify pipe out of the collector's gate (or put it back). Under ``reading``."""
         if self._gate is not None:
-            self._gate.modify(self._notify_r.fileno(), 0 if muted else select.EPOLLIN)
+            self._gate.modify(self._notify_fd, 0 if muted else select.EPOLLIN)
 
     def _drain_notify(self) -> bool:
         """Empty the notify pipe; whether it held anything. A read that returns less than it
         asked for has emptied the pipe: no second read (and no BlockingIOError) is needed."""
-        drained, fd = False, self._notify_r.fileno()
+        drained, fd = False, self._notify_fd
         try:
             while True:
                 got = len(os.read(fd, NOTIFY_READ))
