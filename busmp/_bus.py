@@ -57,7 +57,9 @@ from ._metrics import Metrics, Stats
 from ._outcomes import Accounting, inside_hook
 from ._pipeline import ChainRest, Continuation, Item, Run, Submission, Ticket, followup_run
 from ._policy import OverrunPolicy
-from ._transport.codec import FLAG_REPORT, PROTOCOL, UNDECODABLE, decode_events, encode_event
+from ._transport.codec import (
+    FLAG_REPORT, FLAG_RUN, PROTOCOL, RUN_ITEM, UNDECODABLE, decode_events, encode_event, encode_run,
+)
 from ._transport.packing import CHUNK_MAX, Encoded, check_event, check_pickles, encode_many, encode_one
 from ._transport.ring import SlotRing
 from ._transport.slots import Slots
@@ -122,6 +124,12 @@ class Bus:
         self.check_pickle = check_pickle
         self._checked: object = _NOTHING  # the last projection object that passed its check
         self._checked_route = 0  # and its route word (its hash)
+        # Worker mode's open slot (see _gather): its events (None: none open), its slot and
+        # sequence number, its route, the events' own pickles, the bytes of their run so far
+        # and how many it may take.
+        self._open: list[Event] | None = None
+        self._open_slot = self._open_seq = self._open_route = self._open_bytes = self._open_limit = 0
+        self._open_payloads: list[bytes] = []
         self.accounting = Accounting()
         self.published = 0
         self.in_flight = 0
@@ -199,12 +207,68 @@ class Bus:
         try:
             with self.lock:
                 self.check_open()
-                self._enqueue(encoded, ctx, timeout, _keep(event, ctx, attempts))
+                if (not self.keeps_objects and ctx is None and not attempts and not encoded[1]
+                        and not encoded[3] and type(event) is Event):
+                    self._gather(event, encoded, timeout)
+                else:
+                    self._enqueue(encoded, ctx, timeout, _keep(event, ctx, attempts))
         finally:
             if self._ended:
                 self._complete_ended()
         if self.changed is not None and _monotonic() >= self.tick_due:
             self.changed()
+
+    def _gather(self, event: Event, encoded: Encoded, timeout: float | None) -> None:
+        """Worker mode: a plain event joins the *open slot*, where consecutive single subscribes
+        of one projection object gather until a publish (or any other write) seals them into
+        one *run* (``FLAG_RUN``: their own pickles, one after another): the workers then meet
+        them in one slot and one job entry, not a slot, an entry and a read each, while each
+        is still decoded, and charged if it cannot be, on its own. The events count as
+        written and pending at once (room, drops and ``stats()`` see them one by one). Under
+        the lock."""
+        payload, route = encoded[0], encoded[2]
+        slots = self.slots
+        if slots.free_events < 1:
+            self._reserve(1, None, timeout)  # may drop from the open slot, or wait and let it go
+        events = self._open
+        if (events is not None and slots.objects[self._open_slot] is events and route == self._open_route
+                and event.projection is events[0].projection and len(events) < CHUNK_MAX
+                and self._open_bytes + RUN_ITEM.size + len(payload) <= self._open_limit):
+            events.append(event)
+            self._open_payloads.append(payload)
+            slots.live[self._open_slot] += 1
+            slots.free_events -= 1
+            self._open_bytes += len(payload) + RUN_ITEM.size
+        else:
+            self._seal()
+            slot = slots.take(1)
+            events = [event]
+            slots.objects[slot] = events  # unused by worker mode otherwise: it marks the slot open
+            # Sealed, the run goes where a subscribe_many chunk would: into the slot, or into
+            # an arena page if one is free now (no other write comes before the seal, so it
+            # still is then).
+            self._open_limit = slots.page_size if slots.free_pages else slots.capacity
+            self._open, self._open_slot, self._open_route = events, slot, route
+            self._open_seq, self._open_payloads = slots.counts["written"] + 1, [payload]
+            self._open_bytes = len(payload) + RUN_ITEM.size
+            slots.pending.append(slot)
+        slots.counts["written"] += 1
+        self.published += 1
+
+    def _seal(self) -> None:
+        """Write the open slot's events into it (see ``_gather``); under the lock. A slot whose
+        every event was dropped meanwhile is free already."""
+        events, slot = self._open, self._open_slot
+        if events is None:
+            return
+        self._open = None
+        slots = self.slots
+        if slots.objects[slot] is not events:
+            return
+        slots.objects[slot] = None
+        payloads = self._open_payloads
+        payload, flags = (payloads[0], 0) if len(payloads) == 1 else (encode_run(payloads), FLAG_RUN)
+        slots.write(slot, self._open_seq, self._open_route, payload, flags)
 
     def _encode(self, event: Event, ctx: Context | None, attempts: int) -> Encoded:
         if self.keeps_objects and attempts == 0:
@@ -345,6 +409,8 @@ class Bus:
         in-process bus. Worker mode writes the pickle into shared memory for the workers.
         """
         payload, flags, route, buffers, events = encoded
+        if self._open is not None:
+            self._seal()  # the open slot's events were subscribed first
         slots = self.slots
         slot = slots.take(events)
         if self.keeps_objects and held is not None:
@@ -422,6 +488,8 @@ class Bus:
     def _take_pending(self) -> tuple[list[int], int]:
         """Every pending slot, and its events, moved into flight (one caller gets each)."""
         with self.lock:
+            if self._open is not None:
+                self._seal()
             slots = self.slots.take_pending()
             events = self.slots.live_events(slots)
             if slots:
@@ -1012,6 +1080,7 @@ class Bus:
         """Events subscribed but never published become ``StoreClosed`` dead letters."""
         with self.lock:
             table = self.slots
+            self._seal()
             self.log_drops()
             table.closed_events += table.pending_events
             for slot in table.take_pending():

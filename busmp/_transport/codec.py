@@ -16,6 +16,7 @@ loops instead of one ``Event.__init__`` call each.
 from __future__ import annotations
 
 import pickle
+import struct
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -28,6 +29,7 @@ from .._event import EVENT_SETTERS, Context, Event
 
 __all__ = [
     "FLAG_CLOUDPICKLE", "FLAG_ENVELOPE", "FLAG_OVERFLOW", "FLAG_CHUNK", "FLAG_MIXED", "FLAG_PAGED", "FLAG_REPORT",
+    "FLAG_RUN", "encode_run", "run_items", "decode_run",
     "UNDECODABLE", "DECODE_HANDLER",
     "encode_event", "encode_chunk", "decode_event", "decode_events", "dumps", "portable_exception",
 ]
@@ -40,6 +42,9 @@ FLAG_MIXED = 1 << 4        # a chunk whose events do not all share one projectio
 FLAG_PAGED = 1 << 5        # payload lives in an arena page of the ring; the slot holds its number
 FLAG_REPORT = 1 << 6       # a slot flag, not the codec's: a caller waits for this event's every
                            # outcome (``submit``), so a worker reports each one; decoding ignores it
+FLAG_RUN = 1 << 7          # payload is a *run*: single events' own pickles, each after its u32
+                           # length (consecutive subscribes gathered in one slot, see ``_bus``)
+RUN_ITEM = struct.Struct("<I")
 
 PROTOCOL = 5
 
@@ -163,8 +168,47 @@ def decode_event(payload: Any, flags: int, buffers: Sequence[Any] = ()) -> tuple
     return events[0], ctx, attempts
 
 
+def encode_run(payloads: Sequence[bytes]) -> bytes:
+    """A run (``FLAG_RUN``) of events already encoded one by one (no context, no flags)."""
+    return b"".join([part for payload in payloads for part in (RUN_ITEM.pack(len(payload)), payload)])
+
+
+def run_items(payload: Any) -> list[Any]:
+    """The events' own pickles in a run, as views of ``payload``."""
+    view, items, offset = memoryview(payload), [], 0
+    while offset < len(view):
+        (length,) = RUN_ITEM.unpack_from(view, offset)
+        offset += RUN_ITEM.size
+        items.append(view[offset: offset + length])
+        offset += length
+    return items
+
+
+def decode_run(items: Sequence[Any]) -> list[Event]:
+    """The events of a run's items (``run_items``), built by column in C-level passes; raises
+    if any cannot be decoded (decode them one by one then, to tell which)."""
+    if not items:
+        return []
+    projections, datas, ids, args = zip(*map(pickle.loads, items))
+    return _build(projections, list(datas), ids, args)
+
+
 def decode_events(payload: Any, flags: int, buffers: Sequence[Any] = ()) -> tuple[list[Event], Context | None, int]:
-    """What a slot holds, one event or a chunk: ``(events, ctx, attempts)``."""
+    """What a slot holds, one event, a chunk or a run: ``(events, ctx, attempts)``. An event
+    of a run that cannot be decoded reads as a placeholder (projection ``UNDECODABLE``, its
+    bytes as data): each event of a run is charged alone, as a slot of its own would be."""
+    if flags & FLAG_RUN:
+        items = run_items(payload)
+        try:
+            return decode_run(items), None, 0
+        except Exception:
+            events: list[Event] = []
+            for item in items:
+                try:
+                    events.append(decode_events(item, 0)[0][0])
+                except Exception:
+                    events.append(Event(UNDECODABLE, bytes(item)))
+            return events, None, 0
     obj = pickle.loads(payload, buffers=buffers)
     ctx, attempts = None, 0
     if flags & FLAG_ENVELOPE:

@@ -43,7 +43,10 @@ from collections.abc import Awaitable, Hashable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._transport.channel import Channel
-from .._transport.codec import DECODE_HANDLER, FLAG_REPORT, decode_events, dumps, encode_event, portable_exception
+from .._transport.codec import (
+    DECODE_HANDLER, FLAG_REPORT, FLAG_RUN, decode_events, decode_run, dumps, encode_event, portable_exception,
+    run_items,
+)
 from .._dispatch import BatchRoute, Routes
 from .._errors import BufferFull, RemoteError
 from .._event import BACKGROUND, Context, Event, Result, current_emitter
@@ -82,6 +85,9 @@ _NOTHING = object()  # no projection seen yet
 #: A slot's events, their context, earlier attempts, and whether a caller waits for their
 #: every outcome (``FLAG_REPORT``: a submitted event).
 Decoded = tuple[list[Event], Context, int, bool]
+#: A slice of a job: events, their context and earlier attempts, the position of the first,
+#: whether every outcome is wanted.
+Slice = tuple[list[Event], Context, int, int, bool]
 
 def worker_main(jobs_name: str, results_name: str, doorbell: Any, ring_name: str, notify: Any,
                 owner_pid: int, stats_name: str | None = None, index: int = 0,
@@ -166,6 +172,7 @@ class Worker:
 
     def close(self) -> None:
         self.notify_parent()
+        self.last_decoded = ((-1, -1), None)  # a run's items are views of the ring
         if self.loop is not None:
             for task in self.tasks:  # the parent is gone: nobody waits for these any more
                 task.cancel()
@@ -441,8 +448,50 @@ class Worker:
             decoded = self.decode(slot, seq, pos, stop - start)
             if decoded is not None:
                 events, ctx, attempts, report = decoded
-                yield events[start:stop], ctx, attempts, pos, report
+                if type(events) is RawRun:
+                    yield from self.run_slices(events[start:stop], pos, report)
+                else:
+                    yield events[start:stop], ctx, attempts, pos, report
             pos += stop - start
+
+    def run_slices(self, items: list[Any], pos: int, report: bool) -> Iterator[Slice]:
+        """The events of a run (``FLAG_RUN``), each decoded on its own, in order: one that
+        cannot be is reported alone, after the events before it have run. The decoded ones
+        go out together, unless a handler_timeout bounds each decode (a decode that hangs is
+        then charged to its own event, not to the ones decoded before it)."""
+        if not self.timeout_ns:
+            try:
+                events: list[Event] | None = decode_run(items)  # all at once, in C
+            except BaseException:  # one of them cannot be decoded: which, below
+                events = None
+            if events is not None:
+                yield events, BACKGROUND, 0, pos, report
+                return
+        words, index = self.progress[0], self.progress[1] + CALL_DEADLINE
+        ready: list[Event] = []
+        first = pos
+        for offset, item in enumerate(items):
+            if self.timeout_ns:
+                words[index] = deadline_word(self.timeout_ns, None)
+            try:
+                event = decode_events(item, 0)[0][0]
+            except BaseException as exc:  # as in decode: the worker lives on
+                if ready:
+                    yield ready, BACKGROUND, 0, first, report
+                    ready = []
+                self.report(pos + offset, DECODE_HANDLER, None, exc, WHOLE_EVENT)
+                self.controls.set_control(CUR_POS, pos + offset + 1)
+                first = pos + offset + 1
+                continue
+            finally:
+                if self.timeout_ns:
+                    words[index] = 0
+            ready.append(event)
+            if self.timeout_ns:
+                yield ready, BACKGROUND, 0, first, report
+                ready, first = [], pos + offset + 1
+        if ready:
+            yield ready, BACKGROUND, 0, first, report
 
     def run_handlers(self, events: list[Event], ctx: Context, pos: int, wanted: bool = False) -> None:
         """Every fan-out handler of each event, then the progress words for that event.
@@ -500,7 +549,11 @@ class Worker:
             words[index] = deadline_word(self.timeout_ns, None)
         try:
             payload, flags, buffers = self.read_slot(slot, seq)
-            events, ctx, attempts = decode_events(payload, flags, buffers)
+            events: list[Any]
+            if flags & FLAG_RUN:  # decoded one by one, where each runs (see slices)
+                events, ctx, attempts = RawRun(run_items(payload)), None, 0
+            else:
+                events, ctx, attempts = decode_events(payload, flags, buffers)
             report = bool(flags & FLAG_REPORT)
             if report:
                 self.submitted = True
@@ -645,6 +698,10 @@ class Worker:
         time.sleep(0.0002)
         if not self.parent_alive():
             raise SystemExit(0)
+
+
+class RawRun(list):  # type: ignore[type-arg]
+    """A run's events still encoded (views of the slot): ``slices`` decodes them one by one."""
 
 
 class _Reporter:
