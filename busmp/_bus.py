@@ -208,7 +208,7 @@ class Bus:
             with self.lock:
                 self.check_open()
                 if (not self.keeps_objects and ctx is None and not attempts and not encoded[1]
-                        and not encoded[3] and type(event) is Event):
+                        and not encoded[3] and len(encoded[0]) <= self.slots.capacity and type(event) is Event):
                     self._gather(event, encoded, timeout)
                 else:
                     self._enqueue(encoded, ctx, timeout, _keep(event, ctx, attempts))
@@ -224,8 +224,10 @@ class Bus:
         one *run* (``FLAG_RUN``: their own pickles, one after another): the workers then meet
         them in one slot and one job entry, not a slot, an entry and a read each, while each
         is still decoded, and charged if it cannot be, on its own. The events count as
-        written and pending at once (room, drops and ``stats()`` see them one by one). Under
-        the lock."""
+        written and pending at once (room, drops and ``stats()`` see them one by one). Only an
+        event that fits a slot alone gathers, and a run grows past a slot only into a page that
+        was free when it opened: sealing, done under the lock before any other write, needs no
+        new memory and cannot fail. Under the lock."""
         payload, route = encoded[0], encoded[2]
         slots = self.slots
         if slots.free_events < 1:

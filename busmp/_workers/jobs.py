@@ -10,7 +10,7 @@ group that must keep its order (a transaction, a scheduled event) becomes one jo
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from bisect import bisect_right
 from dataclasses import dataclass
 from itertools import accumulate
@@ -149,10 +149,11 @@ class Planner:
             seq, route = table.ring.seq_and_route(slot)
             if route in wanted:
                 rows.append((slot, seq, table.first[slot], table.first[slot] + table.live[slot]))
-        parts = 1 if ticket is not None else min(self.workers, len(rows))  # a group stays in order
-        size = -(-len(rows) // parts) if rows else 0
-        groups = [rows[n * size:(n + 1) * size] for n in range(parts)]
-        return [Job(self.new_job_id(), worker, EVENTS, group, ticket) for group in groups if group]
+        events = sum(stop - start for _, _, start, stop in rows)  # a slot may hold a run of several
+        parts = 1 if ticket is not None else min(self.workers, events)  # a group stays in order
+        if not parts:
+            return []
+        return [Job(self.new_job_id(), worker, EVENTS, group, ticket) for group in _cut(rows, -(-events // parts))]
 
     def _job_size(self, events: int, ticket: Ticket | None) -> int:
         if ticket is not None:
@@ -172,10 +173,14 @@ def _cut_exact(entries: np.ndarray, size: int) -> list[list[Entry]]:
     if len(entries) and bool((entries[:, 3] - entries[:, 2] == 1).all()):
         rows: list[Entry] = list(map(tuple, entries.tolist()))
         return [rows[i: i + size] for i in range(0, len(rows), size)]
+    return _cut(entries.tolist(), size)
+
+
+def _cut(rows: Iterable[Sequence[int]], size: int) -> list[list[Entry]]:
     groups: list[list[Entry]] = []
     current: list[Entry] = []
     room = size
-    for slot, seq, start, stop in entries.tolist():
+    for slot, seq, start, stop in rows:
         while start < stop:
             take = min(room, stop - start)
             current.append((slot, seq, start, start + take))
