@@ -31,8 +31,8 @@ import ray
 
 from .._transport.ring import CorruptSlot
 from .._transport.records import (
-    CALL_DEADLINE, CUR_CALL, CUR_JOB, CUR_POS, CUR_PROCESSED, DONE, DONE_REC, EVENTS, PARKED, PARKED_REC, Entry,
-    split_deadline_word,
+    CALL_DEADLINE, CUR_CALL, CUR_JOB, CUR_POS, DONE, DONE_REC, EVENTS, PARKED, PARKED_REC, Entry,
+    split_deadline_word, split_progress_word,
 )
 from .._workers.worker import _FOR_ALL, Worker
 
@@ -47,8 +47,8 @@ CONTROL_WORDS = 16  # room for the progress words a worker writes (see _transpor
 #: out-of-band buffers).
 Call = tuple[tuple[int, bool, bytes | None, int], tuple[int, int, int, int, list[Entry], bool],
              list[tuple[int, int, Any, int, int]]]
-#: What ``overdue()`` reports of a call past its deadline: its job, CUR_POS, CUR_CALL,
-#: CUR_PROCESSED, the deadline word, and the records the job has made so far.
+#: What ``overdue()`` reports of a call past its deadline: its job, the events done (CUR_POS), CUR_CALL,
+#: the quiet calls of the events done, the deadline word, and the records the job has made so far.
 Overdue = tuple[int, int, int, int, int, list[tuple[int, bytes]]]
 
 
@@ -129,7 +129,8 @@ class ActorWorker(Worker):
         word = words[CALL_DEADLINE]
         if not word or split_deadline_word(word)[0] > time.monotonic_ns():
             return None
-        seen = (words[CUR_JOB], words[CUR_POS], words[CUR_CALL], words[CUR_PROCESSED], word, list(self.out))
+        pos, quiet = split_progress_word(words[CUR_POS])
+        seen = (words[CUR_JOB], pos, words[CUR_CALL], quiet, word, list(self.out))
         return seen if words[CALL_DEADLINE] == word else None
 
     def put_result(self, kind: int, payload: bytes) -> None:

@@ -35,8 +35,10 @@ Result channel, worker -> parent:
 
 Control words of a worker's *job* channel, all written by the worker: the job in progress and
 how far it got, so that the parent can tell, after a crash, exactly which (event, handler) calls
-died with it: CUR_POS events are done; of event CUR_POS, the calls CUR_CALL says (when it names
-that event); CUR_PROCESSED counts the done events' calls that had no OUTCOME. With a
+died with it: CUR_POS packs how many events are done with how many of their calls succeeded
+without an OUTCOME (``progress_word``: one store for both, so that a worker killed between two
+stores never leaves a count that includes the calls of an event its position says is not done);
+of the event after them, the calls CUR_CALL says (when it names that event). With a
 handler_timeout, CALL_DEADLINE holds the deadline of the call running now (0 between calls),
 for the parent to kill a worker whose call is overdue.
 
@@ -61,7 +63,7 @@ from collections.abc import Sequence
 __all__ = [
     "ROUTES", "EVENTS", "BATCH", "STOP", "ORDERED", "OUTCOME", "FOLLOWUP", "DONE", "ASYNC", "PARKED",
     "ROUTES_HEAD", "JOB_HEAD", "BATCH_HEAD", "OUTCOME_HEAD", "FOLLOWUP_HEAD", "DONE_REC", "ASYNC_REC", "PARKED_REC",
-    "CUR_JOB", "CUR_POS", "CUR_PROCESSED", "CUR_ERRORS", "PID", "HANDLED", "CUR_CALL", "WHOLE_EVENT",
+    "CUR_JOB", "CUR_POS", "PID", "HANDLED", "CUR_CALL", "WHOLE_EVENT", "progress_word", "split_progress_word",
     "call_word", "split_call_word", "FOLLOWUP_ROOM", "FOLLOWUPS_TAKEN", "CALL_DEADLINE", "deadline_word",
     "split_deadline_word", "LANE", "LANE_DONE", "SLEEP", "WANT_PROGRESS", "LANE_BITS", "LANE_MASK", "lane_word",
     "split_lane_word",
@@ -83,7 +85,7 @@ ASYNC_REC = struct.Struct("<QIH")
 PARKED_REC = struct.Struct("<Qq")
 
 # Control words (indices into the job channel's spare line).
-CUR_JOB, CUR_POS, CUR_PROCESSED, CUR_ERRORS, PID, HANDLED, CUR_CALL, CALL_DEADLINE = range(8)
+CUR_JOB, CUR_POS, PID, HANDLED, CUR_CALL, CALL_DEADLINE = 0, 1, 4, 5, 6, 7  # 2 and 3 are spare
 # Control words of a worker's *result* channel, written by the parent (the worker only reads
 # them, in ctx.emit): how many follow-ups the store takes now (max_followups), and how many
 # FOLLOWUP records of this worker the parent has read (the rest are in transit).
@@ -95,6 +97,16 @@ LANE_MASK = (1 << LANE_BITS) - 1
 
 WHOLE_EVENT = 0xFFFF  # an OUTCOME's call number when it stands for every call of its event
 CALL_BITS = 16
+
+
+def progress_word(pos: int, quiet: int) -> int:
+    """CUR_POS: ``pos`` events of the job are done, and ``quiet`` of their calls succeeded
+    without an OUTCOME (a job holds far fewer than 2**32 events)."""
+    return (quiet << 32) | pos
+
+
+def split_progress_word(word: int) -> tuple[int, int]:
+    return word & 0xFFFF_FFFF, word >> 32
 
 
 def call_word(pos: int, calls: int) -> int:

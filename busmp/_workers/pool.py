@@ -53,8 +53,9 @@ from .._pipeline import Ticket
 from .._transport.codec import decode_event
 from .._transport.packing import Encoded
 from .._transport.records import (
-    BATCH, CALL_DEADLINE, CUR_CALL, CUR_JOB, CUR_POS, CUR_PROCESSED, EVENTS, FOLLOWUP_ROOM, HANDLED, LANE_DONE,
+    BATCH, CALL_DEADLINE, CUR_CALL, CUR_JOB, CUR_POS, EVENTS, FOLLOWUP_ROOM, HANDLED, LANE_DONE,
     LANE_MASK, PID, STOP, WANT_PROGRESS, WHOLE_EVENT, split_call_word, split_deadline_word, split_lane_word,
+    split_progress_word,
 )
 from .._transport.stats import DEAD, STARTING
 from . import processes
@@ -486,9 +487,8 @@ class ProcessExecutor:
                      pid, exitcode)
         controls = handle.jobs
         with self.lock:
-            cur_job, cur_pos = controls.control(CUR_JOB), controls.control(CUR_POS)
+            cur_job, (cur_pos, quiet) = controls.control(CUR_JOB), split_progress_word(controls.control(CUR_POS))
             call_pos, calls = split_call_word(controls.control(CUR_CALL))
-            quiet = controls.control(CUR_PROCESSED)
             running = controls.control(CALL_DEADLINE)  # of the call it was in; 0: none ran
             started = controls.control(PID) != 0
             handle.crashed_handled += controls.control(HANDLED)

@@ -52,10 +52,10 @@ from .._errors import BufferFull, RemoteError
 from .._event import BACKGROUND, Context, Event, Result, current_emitter
 from .._pipeline import NO_RESULT, BatchRest, ChainRest, Continuation, Item, returns_awaitable, run_chunk
 from .._transport.records import (
-    ASYNC, ASYNC_REC, BATCH, BATCH_HEAD, CALL_DEADLINE, CUR_CALL, CUR_JOB, CUR_POS, CUR_PROCESSED, DONE,
+    ASYNC, ASYNC_REC, BATCH, BATCH_HEAD, CALL_DEADLINE, CUR_CALL, CUR_JOB, CUR_POS, DONE,
     DONE_REC, FOLLOWUP, FOLLOWUP_HEAD, FOLLOWUP_ROOM, FOLLOWUPS_TAKEN, EVENTS, HANDLED, JOB_HEAD, LANE,
     LANE_DONE, ORDERED, OUTCOME, OUTCOME_HEAD, PARKED, PARKED_REC, PID, ROUTES, ROUTES_HEAD, SLEEP, STOP,
-    WANT_PROGRESS, WHOLE_EVENT, Entry, call_word, deadline_word, lane_word, unpack_entries,
+    WANT_PROGRESS, WHOLE_EVENT, Entry, call_word, deadline_word, lane_word, progress_word, unpack_entries,
 )
 from .._transport.ring import SPIN_ALLOWED, SlotRing
 from .._transport.stats import BUSY, IDLE, W_HANDLED, W_JOBS, WorkerLine
@@ -384,9 +384,8 @@ class Worker:
         if self.reporting:
             self.reporting = set()
         words, base = self.progress
-        words[base + CUR_POS] = 0
+        words[base + CUR_POS] = 0  # no event done, no call counted
         words[base + CUR_CALL] = 0
-        words[base + CUR_PROCESSED] = 0
         words[base + CUR_JOB] = job  # last: until now a crash charges the whole job
         self.job = job
         if self.line is not None and not self.busy:  # idle again only when it sleeps
@@ -480,7 +479,7 @@ class Worker:
                     yield ready, BACKGROUND, 0, first, report
                     ready = []
                 self.report(pos + offset, DECODE_HANDLER, None, exc, WHOLE_EVENT)
-                self.controls.set_control(CUR_POS, pos + offset + 1)
+                self.controls.set_control(CUR_POS, progress_word(pos + offset + 1, self.quiet))
                 first = pos + offset + 1
                 continue
             finally:
@@ -502,7 +501,7 @@ class Worker:
 
         Progress, so that a crash is charged for exactly the (event, handler) calls that did
         not finish: CUR_CALL after each call of an event with several handlers (the calls
-        done so far), CUR_PROCESSED and then CUR_POS after each event. A reported outcome is
+        done so far), CUR_POS (with the quiet calls) after each event. A reported outcome is
         progress too: the parent never charges a call it has an outcome for.
         """
         chains, want, report = self.routes.chains, self.want_outcomes or wanted, self.report
@@ -533,9 +532,8 @@ class Worker:
                         quiet += 1
                 if several:
                     words[base + CUR_CALL] = call_word(pos, call + 1)  # the calls done so far
-            words[base + CUR_PROCESSED] = quiet
             pos += 1
-            words[base + CUR_POS] = pos  # last: from here a crash spares this event
+            words[base + CUR_POS] = (quiet << 32) | pos  # progress_word: from here a crash spares this event
         self.quiet = quiet
 
     def decode(self, slot: int, seq: int, pos: int, count: int) -> Decoded | None:
@@ -560,7 +558,7 @@ class Worker:
         except BaseException as exc:  # a payload raising SystemExit on load: the worker lives on
             for n in range(count):
                 self.report(pos + n, DECODE_HANDLER, None, exc, WHOLE_EVENT)
-            self.controls.set_control(CUR_POS, pos + count)
+            self.controls.set_control(CUR_POS, progress_word(pos + count, self.quiet))
             return None
         finally:
             if self.timeout_ns:
