@@ -71,7 +71,7 @@ from .._transport.records import split_call_word
 from .._workers.collector import take_record
 from .._workers.executor import Host, place_backlog
 from .._workers.feeder import pickle_routes
-from .._workers.jobs import MAX_JOB, Job, Planner, charge_calls, split_unstarted, timeout_error
+from .._workers.jobs import MAX_JOB, Job, Planner, charge_calls, plan_referenced, split_unstarted, timeout_error
 from .._workers.pool import _frontier
 from . import cluster
 from .actor import REMOTE_ACTOR, REMOTE_TIMED_ACTOR, Overdue
@@ -224,15 +224,8 @@ class RayExecutor:
                 self._routes_payload(routes, key)
             except TypeError as exc:  # a handler registered since publish() checked the routes
                 refused = exc
-            jobs = self.planner.plan(listed, routes, ticket, [slot.queued for slot in self.actors])
-            if ticket is not None:
-                ticket.jobs += len(jobs)
-            refs, covered = self.refs, 0
-            for job in jobs:
-                for slot in job.slots:  # a job names each slot once
-                    refs[slot] += 1
-                covered += len(job.entries)
-            idle = [s for s in listed if refs[s] == 0] if covered < len(listed) or routes.batches else []
+            jobs, idle = plan_referenced(self.planner, self.refs, listed, routes, ticket,
+                                         [slot.queued for slot in self.actors])
             for job in jobs:
                 job.routes = (routes, key)
                 self.jobs[job.id] = job

@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from .collector import Book
     from .executor import Host
 
-__all__ = ["Job", "Planner", "MAX_JOB", "JOBS_PER_WORKER", "SMALL_PUBLISH", "call_names", "charge_calls",
-           "split_unstarted", "timeout_error"]
+__all__ = ["Job", "Planner", "plan_referenced", "MAX_JOB", "JOBS_PER_WORKER", "SMALL_PUBLISH", "call_names",
+           "charge_calls", "split_unstarted", "timeout_error"]
 
 MAX_JOB = 4096             # events per job: small enough to balance, big enough to amortise
 JOBS_PER_WORKER = 16      # a publish is cut into at least this many jobs per worker (balance)
@@ -163,6 +163,23 @@ class Planner:
     def new_job_id(self) -> int:
         self._next_job += 1
         return self._next_job
+
+
+def plan_referenced(planner: Planner, refs: list[int], listed: list[int], routes: Routes, ticket: Ticket | None,
+                    queued: Sequence[int]) -> tuple[list[Job], list[int]]:
+    """Plan ``listed`` into jobs and count each slot a job names in ``refs`` (an executor's
+    references, under its lock); the jobs, and the slots no job names (no handler wants their
+    events). A group's (``ticket``) job count grows by the jobs planned."""
+    jobs = planner.plan(listed, routes, ticket, queued)
+    if ticket is not None:
+        ticket.jobs += len(jobs)
+    covered = 0
+    for job in jobs:
+        for slot in job.slots:  # a job names each slot once
+            refs[slot] += 1
+        covered += len(job.entries)
+    idle = [s for s in listed if refs[s] == 0] if covered < len(listed) or routes.batches else []
+    return jobs, idle
 
 
 def _cut_exact(entries: np.ndarray, size: int) -> list[list[Entry]]:

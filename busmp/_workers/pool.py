@@ -62,7 +62,7 @@ from . import processes
 from .collector import Collector
 from .executor import Host, place_backlog
 from .feeder import Feeder
-from .jobs import CRASH_HANDLER, Job, Planner, charge_calls, split_unstarted, timeout_error
+from .jobs import CRASH_HANDLER, Job, Planner, charge_calls, plan_referenced, split_unstarted, timeout_error
 from .processes import LaneJob, WorkerHandle, wake
 from .worker import worker_main
 
@@ -184,15 +184,8 @@ class ProcessExecutor:
                 self.feeder.routes_payload(routes, key)
             except TypeError as exc:  # a handler registered since publish() checked the routes
                 refused = exc
-            jobs = self.planner.plan(listed, routes, ticket, [h.queued for h in self.handles])
-            if ticket is not None:
-                ticket.jobs += len(jobs)
-            refs, covered = self.refs, 0
-            for job in jobs:
-                for slot in job.slots:  # a job names each slot once
-                    refs[slot] += 1
-                covered += len(job.entries)
-            idle = [s for s in listed if refs[s] == 0] if covered < len(listed) or routes.batches else []
+            jobs, idle = plan_referenced(self.planner, self.refs, listed, routes, ticket,
+                                         [h.queued for h in self.handles])
             unhandled = self.host.slots.live_events(idle)
             for job in jobs:
                 job.routes = (routes, key)
