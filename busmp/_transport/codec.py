@@ -11,6 +11,11 @@ column: ``(projection, datas, ids, args)``, the projection once when every event
 very object (else a list, ``FLAG_MIXED``), and ``ids``/``args`` as ``None`` when all are the
 defaults. Columns pickle smaller than rows, and the reader builds the events with C-level
 loops instead of one ``Event.__init__`` call each.
+
+A *run* (``FLAG_RUN``, single subscribes gathered in one slot, see ``_bus``) keeps each event's
+own pickle, each after its length: it is made by joining pickles already made, and decoded in
+one C-level pass, or one by one when an event of it cannot be decoded, so that only that event
+is charged (a chunk cannot be split so: its columns are one pickle).
 """
 
 from __future__ import annotations
