@@ -71,7 +71,9 @@ from .._transport.records import split_call_word
 from .._workers.collector import take_record
 from .._workers.executor import Host, place_backlog
 from .._workers.feeder import pickle_routes
-from .._workers.jobs import MAX_JOB, Job, Planner, charge_calls, plan_referenced, split_unstarted, timeout_error
+from .._workers.jobs import (
+    MAX_JOB, Job, Planner, charge_calls, end_job, plan_referenced, record_outcome, split_unstarted, timeout_error,
+)
 from .._workers.pool import _frontier
 from . import cluster
 from .actor import REMOTE_ACTOR, REMOTE_TIMED_ACTOR, Overdue
@@ -451,12 +453,7 @@ class RayExecutor:
         """One outcome of event ``pos`` of ``job``: hooks, dead letter, counters, and the
         event's future if it was submitted (``cut``: the event dies with this error)."""
         item = self.host.item_at(*job.locate(pos), job.ticket)
-        submission = item.submission
-        if submission is not None:
-            if cut and error is not None:
-                submission.cut_off(error)
-            else:
-                submission.record(result, error, job.batch[1] if job.kind == BATCH else -1)
+        record_outcome(item.submission, job, result, error, cut)
         accounting = self.host.accounting
         accounting.before(item, name)
         accounting.settle(item, name, result, error, counted=counted)
@@ -470,17 +467,9 @@ class RayExecutor:
             if slot.outstanding.pop(job.id, None) is not None:
                 slot.queued -= job.events
                 slot.sent.pop(job.id, None)
-            refs, done = self.refs, []
-            for index in job.slots:
-                refs[index] -= 1
-                if refs[index] == 0:
-                    done.append(index)
+            done, ticket_done = end_job(job, self.refs)
             if self.unassigned and not self.closing:
                 self._feed()
-            ticket_done = False
-            if job.ticket is not None:
-                job.ticket.jobs -= 1
-                ticket_done = job.ticket.jobs == 0
             self._quiet.notify_all()
         if done:
             self.host.release(done)

@@ -15,12 +15,12 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from itertools import accumulate
 from operator import itemgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._dispatch import Routes, handler_name
-from .._pipeline import Ticket
+from .._pipeline import Submission, Ticket
 from .._transport.codec import UNDECODABLE
 from .._transport.records import BATCH, EVENTS, Entry, split_deadline_word
 from .._transport.slots import Slots
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .executor import Host
 
 __all__ = ["Job", "Planner", "plan_referenced", "MAX_JOB", "JOBS_PER_WORKER", "SMALL_PUBLISH", "call_names",
-           "charge_calls", "split_unstarted", "timeout_error"]
+           "charge_calls", "split_unstarted", "timeout_error", "end_job", "record_outcome"]
 
 MAX_JOB = 4096             # events per job: small enough to balance, big enough to amortise
 JOBS_PER_WORKER = 16      # a publish is cut into at least this many jobs per worker (balance)
@@ -180,6 +180,32 @@ def plan_referenced(planner: Planner, refs: list[int], listed: list[int], routes
         covered += len(job.entries)
     idle = [s for s in listed if refs[s] == 0] if covered < len(listed) or routes.batches else []
     return jobs, idle
+
+
+def end_job(job: Job, refs: list[int]) -> tuple[list[int], bool]:
+    """``job`` is over: drop the slot references it held (an executor's, under its lock).
+    The slots no job names any more, and whether it was its group's (ticket's) last job."""
+    done = []
+    for slot in job.slots:
+        refs[slot] -= 1
+        if refs[slot] == 0:
+            done.append(slot)
+    if job.ticket is None:
+        return done, False
+    job.ticket.jobs -= 1
+    return done, job.ticket.jobs == 0
+
+
+def record_outcome(submission: Submission | None, job: Job, result: Any, error: BaseException | None,
+                   cut: bool = False) -> None:
+    """One outcome of a submitted event into its future's record (``cut``: the event dies with
+    ``error``, its later calls never run); nothing for an event that was not submitted."""
+    if submission is None:
+        return
+    if cut and error is not None:
+        submission.cut_off(error)
+    else:
+        submission.record(result, error, job.batch[1] if job.kind == BATCH else -1)
 
 
 def _cut_exact(entries: np.ndarray, size: int) -> list[list[Entry]]:

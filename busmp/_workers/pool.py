@@ -62,7 +62,10 @@ from . import processes
 from .collector import Collector
 from .executor import Host, place_backlog
 from .feeder import Feeder
-from .jobs import CRASH_HANDLER, Job, Planner, charge_calls, plan_referenced, split_unstarted, timeout_error
+from .jobs import (
+    CRASH_HANDLER, Job, Planner, charge_calls, end_job, plan_referenced, record_outcome, split_unstarted,
+    timeout_error,
+)
 from .processes import LaneJob, WorkerHandle, wake
 from .worker import worker_main
 
@@ -381,18 +384,11 @@ class ProcessExecutor:
         if error is None and not counted and not accounting.wants_results:
             # A success nobody watches (a submitted event's, without hooks): only its future
             # and the counter want it, so the event is not decoded again here.
-            submission = self.host.submission_at(job.locate(pos)[0])
-            if submission is not None:
-                submission.record(result, None, job.batch[1] if job.kind == BATCH else -1)
+            record_outcome(self.host.submission_at(job.locate(pos)[0]), job, result, None)
             accounting.count(1, 0)
             return
         item = self.host.item_at(*job.locate(pos), job.ticket)
-        submission = item.submission
-        if submission is not None:
-            if cut and error is not None:
-                submission.cut_off(error)
-            else:
-                submission.record(result, error, job.batch[1] if job.kind == BATCH else -1)
+        record_outcome(item.submission, job, result, error, cut)
         accounting.before(item, name)
         accounting.settle(item, name, result, error, counted=counted)
 
@@ -406,18 +402,10 @@ class ProcessExecutor:
                 handle.queued -= job.events
                 if job.parked:
                     handle.parked -= 1
-            refs, done = self.refs, []
-            for slot in job.slots:
-                refs[slot] -= 1
-                if refs[slot] == 0:
-                    done.append(slot)
+            done, ticket_done = end_job(job, self.refs)
             early = self._handled_early(job, done)
             if self.unassigned and not self.closing:
                 self.feeder.feed(set())
-            ticket_done = False
-            if job.ticket is not None:
-                job.ticket.jobs -= 1
-                ticket_done = job.ticket.jobs == 0
         if early:
             self.host.handled_early(early)
         if len(done):
