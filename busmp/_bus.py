@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ._dispatch import BatchRoute, Dispatcher, Handler, Middleware, Routes, async_projections
 from ._errors import BufferFull, StoreClosed
 from ._future import SubmitFuture
+from ._lock import take
 from ._event import BACKGROUND, Context, Event, Result, current_emitter
 from ._metrics import Metrics, Stats
 from ._outcomes import Accounting, inside_hook
@@ -204,15 +205,17 @@ class Bus:
         """Check and encode ``event``, then (under the lock) make room and write it."""
         self.check_open()
         encoded = self._encode(event, ctx, attempts)
+        lock = self.lock
+        take(lock)  # see _lock: several producing threads must not convoy here
         try:
-            with self.lock:
-                self.check_open()
-                if (not self.keeps_objects and ctx is None and not attempts and not encoded[1]
-                        and not encoded[3] and len(encoded[0]) <= self.slots.capacity and type(event) is Event):
-                    self._gather(event, encoded, timeout)
-                else:
-                    self._enqueue(encoded, ctx, timeout, _keep(event, ctx, attempts))
+            self.check_open()
+            if (not self.keeps_objects and ctx is None and not attempts and not encoded[1]
+                    and not encoded[3] and len(encoded[0]) <= self.slots.capacity and type(event) is Event):
+                self._gather(event, encoded, timeout)
+            else:
+                self._enqueue(encoded, ctx, timeout, _keep(event, ctx, attempts))
         finally:
+            lock.release()
             if self._ended:
                 self._complete_ended()
         if self.changed is not None and _monotonic() >= self.tick_due:
@@ -356,20 +359,22 @@ class Bus:
         self.check_open()
         chunks = encode_many(list(events), ctx, self.slots.chunk_capacity, self.slots.slot_count)
         accepted = 0
+        lock = self.lock
+        take(lock)  # see _lock
         try:
-            with self.lock:
-                self.check_open()
-                for chunk, members in chunks:
-                    for piece, held in self._pieces(chunk, members, ctx):
-                        try:
-                            self._enqueue(piece, ctx, timeout, (held, ctx, 0))
-                        except (BufferFull, TimeoutError):
-                            if accepted == 0:
-                                raise
-                            return accepted
-                        accepted += piece[4]
+            self.check_open()
+            for chunk, members in chunks:
+                for piece, held in self._pieces(chunk, members, ctx):
+                    try:
+                        self._enqueue(piece, ctx, timeout, (held, ctx, 0))
+                    except (BufferFull, TimeoutError):
+                        if accepted == 0:
+                            raise
+                        return accepted
+                    accepted += piece[4]
             return accepted
         finally:
+            lock.release()
             if self._ended:
                 self._complete_ended()
             if self.changed is not None and _monotonic() >= self.tick_due:
@@ -489,7 +494,9 @@ class Bus:
 
     def _take_pending(self) -> tuple[list[int], int]:
         """Every pending slot, and its events, moved into flight (one caller gets each)."""
-        with self.lock:
+        lock = self.lock
+        take(lock)  # see _lock
+        try:
             if self._open is not None:
                 self._seal()
             slots = self.slots.take_pending()
@@ -497,6 +504,8 @@ class Bus:
             if slots:
                 self._hand_off(events)
             return slots, events
+        finally:
+            lock.release()
 
     def _refuse_async_in_loop(self, projections: frozenset[Hashable]) -> None:
         """Sync-mode ``publish()`` inside a running event loop cannot await: refuse, before any
@@ -734,7 +743,7 @@ class Bus:
                     check_pickles(event, None)  # raises the full check's TypeError naming the event
         lock = self.lock
         table = self.slots
-        lock.acquire()
+        take(lock)  # see _lock
         try:
             if self.closing:
                 raise StoreClosed(DRAINED)
@@ -776,7 +785,7 @@ class Bus:
         accounting = self.accounting
         chain: Chain | None = None
         lock = self.lock
-        lock.acquire()
+        take(lock)  # see _lock
         try:
             if self.closing:
                 raise StoreClosed(DRAINED)

@@ -49,6 +49,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._errors import BusError, StoreClosed, WorkerCrashed
+from .._lock import take
 from .._pipeline import Ticket
 from .._transport.codec import decode_event
 from .._transport.packing import Encoded
@@ -180,7 +181,8 @@ class ProcessExecutor:
             return
         listed = list(slots)
         refused: TypeError | None = None
-        with self.lock:
+        take(self.lock)  # see _lock
+        try:
             self.host.slots.sync_header()
             routes, key = self.host.routes_and_key()
             try:
@@ -202,6 +204,8 @@ class ProcessExecutor:
             if refused is None:
                 self.feeder.feed({job.worker for job in jobs} if ticket is not None else set())
             no_jobs = ticket is not None and ticket.jobs == 0
+        finally:
+            self.lock.release()
         if len(idle):
             if unhandled:
                 self.host.accounting.count_unhandled(unhandled, "their projections (worker mode)")
@@ -247,7 +251,9 @@ class ProcessExecutor:
             self.feeder.routes_payload(routes, key)
         except TypeError:
             return False  # submit() turns the events into dead letters and raises
-        with self.lock:
+        lock = self.lock
+        take(lock)  # see _lock: several producing threads must not convoy here
+        try:
             handle = self._lane_for() if not self.closing else None
             if handle is None:
                 return False
@@ -257,7 +263,10 @@ class ProcessExecutor:
                 self.lane_jobs[job[0]] = (handle.index, job)
                 handle.queued += events
                 self.feeder.write_lane_job(handle, job[0], entries, job[3])
-                wake(handle)
+        finally:
+            lock.release()
+        if entries:
+            wake(handle)  # a syscall, so outside the lock: the GIL is released in it
         if idle:
             unhandled = table.live_events(idle)
             if unhandled:
