@@ -86,6 +86,13 @@ class Collector:
         with self.reading:
             pass  # a flush() still reading has finished, and sees the pool closing from now on
 
+    def wake(self) -> None:
+        """Make the collector look (a thread reading for itself meanwhile looks too)."""
+        try:
+            os.write(self.notify_w.fileno(), b"\x01")
+        except (BlockingIOError, OSError):
+            pass  # a full pipe wakes it already; a closed one: the store is closing
+
     def close(self) -> None:
         if self._gate is not None:
             self._gate.close()
@@ -100,6 +107,9 @@ class Collector:
         poller = select.poll()
         while True:
             due = self._pool.start_due()  # replacements whose back-off is over
+            held = self._pool.hold_due()
+            if held is not None:
+                due = held if due is None else min(due, held)
             handles = [h for h in self._pool.handles if h.process is not None]
             fds = (self._wake_fd, self._stop_r, *(h.watch_fd for h in handles))
             if fds != watched:  # a worker was replaced: watch its descriptor instead
@@ -195,6 +205,7 @@ class Collector:
             self.read_channel(handle)
         self._pool.place_backlog()
         self._pool.write_followup_room()
+        self._pool.end_hold()
 
     def read_channel(self, handle: WorkerHandle) -> None:
         """Take in every record of ``handle``'s result channel, then harvest its lane jobs

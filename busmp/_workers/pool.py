@@ -28,6 +28,16 @@ submitted events) and when its worker dies (``_adopt_lane``), and then the rules
 hold. Whoever waits for work to finish (``attend``) sets WANT_PROGRESS, and the workers then
 notify after each lane job; otherwise they notify once before they sleep.
 
+Holding: a stream of one-event publishes to a lane worker that is still busy with the
+earlier ones (it has lane jobs it has not finished) does not become one lane job each. Such a
+publish only puts its slots on the *hold* (``_hold``: a check and an append), and the held
+events go together, as one lane job, when the worker has caught up: at the next publish that
+finds it so, or in the collector, which the worker notifies before it sleeps. The events were
+published (they count in flight, no overrun policy touches them): holding only changes how
+many travel in one job. It ends at once for a thread that waits for work to finish
+(``attend``) and for ``shutdown``, and a hold that the worker has not caught up with within
+``HOLD_SECONDS`` (a slow handler) is planned over every worker instead (``end_hold``).
+
 Lock order: ``ProcessExecutor.lock`` (jobs, handles, the unassigned queue, slot references) →
 ``Bus.lock`` → accounting. ``Collector.reading`` is taken before any of them and only by a
 thread that reads result channels. Hooks, which may take any user lock, run with none of the
@@ -86,6 +96,8 @@ LANE_EVENTS = 1    # a publish of this many events may go by lane (more are spre
 LANE_DEPTH = 32    # lane jobs and jobs a worker may hold before publishes are planned instead
 LANE_SPILL = 4     # a stream stays with the first worker until it holds this many jobs
 HARVEST_AFTER = 16  # a publishing thread harvests a worker's lane once it holds this many jobs
+HOLD_EVENTS = 256   # published events the hold takes before it must be handed over
+HOLD_SECONDS = 0.001  # how long the hold waits for its lane worker to catch up (see end_hold)
 
 
 class ProcessExecutor:
@@ -111,6 +123,10 @@ class ProcessExecutor:
         self.unassigned: deque[Job] = deque()   # planned jobs no worker holds yet (see feeder)
         self.lane_jobs: dict[int, tuple[int, LaneJob]] = {}  # lane jobs not yet harvested: worker, job
         self._attending = 0  # threads waiting for work to finish (see attend)
+        self._held: list[int] = []  # slots published while the lane worker was busy (see _hold)
+        self._held_events = 0
+        self._held_since = 0.0
+        self._lane_worker: WorkerHandle | None = None  # the last lane job's worker
         self._attend_lock = threading.Lock()
         self.closing = False
         self._broken: str | None = None
@@ -177,8 +193,20 @@ class ProcessExecutor:
         self.feeder.routes_payload(routes, key)
 
     def submit(self, slots: Sequence[int], ticket: Ticket | None = None) -> None:
-        if ticket is None and len(slots) <= LANE_EVENTS and self._by_lane(slots):
-            return
+        if ticket is None and len(slots) <= LANE_EVENTS:
+            if self._hold(slots):
+                return
+            if self._held:
+                self.end_hold(force=True)  # the held events go first
+            if self._by_lane(slots, LANE_EVENTS):
+                return
+        elif self._held:
+            self.end_hold(force=True)
+        self._plan(slots, ticket)
+
+    def _plan(self, slots: Sequence[int], ticket: Ticket | None) -> None:
+        """Plan ``slots`` into jobs and feed them to the workers (the path of every publish
+        that does not go by lane)."""
         listed = list(slots)
         refused: TypeError | None = None
         take(self.lock)  # see _lock
@@ -222,9 +250,72 @@ class ProcessExecutor:
             self._fail_orphans()
 
     # -- lane jobs (see the module docstring) ---------------------------------------------
-    def _by_lane(self, slots: Sequence[int]) -> bool:
-        """Hand a small publish to the least loaded live worker as one lane job; False (nothing
-        done) if it must be planned instead."""
+    def _hold(self, slots: Sequence[int]) -> bool:
+        """Put a one-event publish on the hold if its lane worker is still busy with earlier
+        lane jobs; False (nothing done) if it must go now."""
+        handle = self._lane_worker
+        if handle is None or self._held_events >= HOLD_EVENTS or self._attending:
+            return False
+        table = self.host.slots
+        routes = self.host.routes()
+        if routes.batches:
+            return False
+        lanes, route_of, live = routes.lane_hashes(), table.route_of, table.live
+        events = 0
+        for slot in slots:
+            if route_of[slot] not in lanes:
+                return False
+            events += live[slot]
+        lock = self.lock
+        take(lock)  # see _lock
+        try:
+            if handle.process is None or self.closing or self._broken is not None:
+                return False
+            done = (handle.jobs.control(LANE_DONE) - handle.lane_done) & LANE_MASK
+            if len(handle.lane) <= done:
+                return False  # it has caught up
+            if not self._held:
+                self._held_since = time.monotonic()
+            elif time.monotonic() - self._held_since >= HOLD_SECONDS:
+                return False  # it is slow: the hold is planned over every worker (end_hold)
+            self._held.extend(slots)
+            self._held_events += events
+            return True
+        finally:
+            lock.release()
+
+    def end_hold(self, force: bool = False) -> None:
+        """Hand the held events over if their lane worker has caught up (as one lane job),
+        or they waited ``HOLD_SECONDS``, a thread waits for work to finish, or ``force`` (then
+        planned over every worker, unless that one has caught up). The collector calls this
+        each round, as do threads that read results for themselves."""
+        if not self._held:
+            return
+        with self.lock:
+            handle, caught_up = self._lane_worker, True
+            if handle is not None and handle.process is not None and not self.closing:
+                done = (handle.jobs.control(LANE_DONE) - handle.lane_done) & LANE_MASK
+                caught_up = len(handle.lane) <= done
+            if not (caught_up or force or self._attending
+                    or time.monotonic() - self._held_since >= HOLD_SECONDS):
+                return
+            held, self._held, self._held_events = self._held, [], 0
+        if held:
+            self._hand_over(held, caught_up)
+
+    def hold_due(self) -> float | None:
+        """Seconds until the hold is due to be planned (see ``end_hold``); None if empty."""
+        if not self._held:
+            return None
+        return max(0.0, self._held_since + HOLD_SECONDS - time.monotonic())
+
+    def _hand_over(self, slots: list[int], caught_up: bool) -> None:
+        if not (caught_up and self._by_lane(slots, HOLD_EVENTS + LANE_EVENTS)):
+            self._plan(slots, None)
+
+    def _by_lane(self, slots: Sequence[int], limit: int) -> bool:
+        """Hand a small publish (at most ``limit`` events) to the least loaded live worker as
+        one lane job; False (nothing done) if it must be planned instead."""
         host = self.host
         table = host.slots
         routes, key = host.routes_and_key()
@@ -245,7 +336,7 @@ class ProcessExecutor:
                 return False  # an async def handler's: planned, so that its awaits overlap
             else:
                 idle.append(slot)
-        if events > LANE_EVENTS:
+        if events > limit:
             return False
         try:
             self.feeder.routes_payload(routes, key)
@@ -263,6 +354,7 @@ class ProcessExecutor:
                 self.lane_jobs[job[0]] = (handle.index, job)
                 handle.queued += events
                 self.feeder.write_lane_job(handle, job[0], entries, job[3])
+                self._lane_worker = handle
         finally:
             lock.release()
         if entries:
@@ -367,6 +459,8 @@ class ProcessExecutor:
             if (before > 0) != (self._attending > 0):
                 for handle in self.handles:
                     handle.results.set_control(WANT_PROGRESS, int(self._attending > 0))
+        if change > 0 and self._held:
+            self.collector.wake()  # the hold ends for a waiting thread (end_hold)
 
     def wait(self, ticket: Ticket, timeout: float | None) -> None:
         if not ticket.done.wait(timeout):
@@ -643,6 +737,7 @@ class ProcessExecutor:
     # -- shutting down ----------------------------------------------------------------
     def shutdown(self, timeout: float | None) -> None:
         """Stop every worker (STOP, then terminate stragglers); what they held becomes dead letters."""
+        self.end_hold(force=True)  # held events were published: the workers run them before STOP
         with self.lock:
             if self.closing:
                 return
