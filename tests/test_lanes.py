@@ -16,6 +16,7 @@ import pytest
 
 from busmp import BLOCK, DROP_OLDEST, RETURN_ERROR, BufferFull, DeadLetterQueue, Dispatcher, Event, EventStore, Result
 from busmp._transport.records import LANE_DONE, SLEEP, WANT_PROGRESS, split_lane_word
+from busmp._workers import pool as pool_module
 
 FLUSH = 30.0
 
@@ -202,3 +203,43 @@ def test_drain_right_after_a_held_stream_handles_every_event_once(workers):
     store.drain(timeout=FLUSH)
     assert store.metrics().processed == 160  # two handlers, each called once per event
     assert sorted(letter.event.data for letter in store.dlq.entries()) == list(range(1, 80, 2))
+
+
+def test_a_position_waiting_out_a_back_off_reads_its_reset_channels_as_nothing_new(monkeypatch, caplog):
+    """A worker killed twice within a second is replaced after a back-off; meanwhile its
+    position's channels are reset, and the parent's count of its lane jobs with them: the
+    collector, flush() and a publish must read that position as having nothing new (they once
+    read the zeroed LANE_DONE against the dead worker's count and popped lane jobs it did not
+    have: an IndexError in the collector, and in a flush() that read for itself)."""
+    monkeypatch.setattr(pool_module, "BACKOFF_SECONDS", (1.0, 1.0))  # a back-off long enough to look
+    d = Dispatcher()
+    d.register("p", noop)
+    caplog.set_level("ERROR", logger="busmp")
+    sent = 0
+    with EventStore(d, workers=2, start_method="fork") as store:
+        executor = store._bus.executor
+        handle = executor.handles[0]
+        for _ in range(2):  # the second death comes within a second of the first worker's start
+            deadline = time.monotonic() + FLUSH
+            while handle.process is None and time.monotonic() < deadline:
+                time.sleep(0.001)  # the first replacement starts at once; wait for it
+            for i in range(200):
+                store.subscribe(Event("p", i))
+                store.publish()
+            sent += 200
+            store.flush(timeout=FLUSH)
+            assert handle.lane_done > 0  # the stream went to position 0 (the first that keeps up)
+            victim = handle.process
+            os.kill(victim.pid, signal.SIGKILL)
+            deadline = time.monotonic() + FLUSH
+            while handle.process is victim and time.monotonic() < deadline:
+                time.sleep(0.001)  # until the collector has taken the death in
+        assert handle.process is None and handle.restart_at is not None  # waiting out the back-off
+        assert not executor.has_news(handle)
+        for i in range(100):  # meanwhile the other worker takes the stream
+            store.subscribe(Event("p", i))
+            store.publish()
+        sent += 100
+        store.flush(timeout=FLUSH)
+        assert store.metrics().processed == sent
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []

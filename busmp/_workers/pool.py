@@ -592,8 +592,7 @@ class ProcessExecutor:
                 dead_jobs = self._hand_over_unstarted(handle, dead_jobs, current, first[0])
                 if running == overdue:
                     timed_out = self._timeout_error(overdue, pid)
-            handle.jobs.reset()
-            handle.results.reset()
+            processes.reset_channels(handle)
             if not self.closing:
                 self._replace(handle, pid, exitcode, started)
         error: BaseException = (StoreClosed("the store was drained before the event was handled")

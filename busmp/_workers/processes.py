@@ -29,8 +29,8 @@ from .._transport.records import SLEEP, Entry
 from .._transport.ring import SPIN_ALLOWED
 from .jobs import Job
 
-__all__ = ["WorkerHandle", "LaneJob", "new_handle", "start", "is_dead", "reap", "stop", "kill", "ring_doorbell",
-           "wake"]
+__all__ = ["WorkerHandle", "LaneJob", "new_handle", "start", "is_dead", "reap", "reset_channels", "stop", "kill",
+           "ring_doorbell", "wake"]
 
 #: A lane job as the parent keeps it until the worker counts it done: its id, its entries, how
 #: many events they hold, and the routing snapshot (and key) it was written with.
@@ -94,7 +94,6 @@ def start(mp: Any, handle: WorkerHandle, target: Any, args: tuple[Any, ...]) -> 
     process.start()
     handle.process = process
     handle.routes_key = None
-    handle.lane_done = handle.lane_quiet = handle.rung = 0  # its channels were reset
     handle.started_at = time.monotonic()
     try:
         handle.pidfd = os.pidfd_open(process.pid)
@@ -109,6 +108,15 @@ def is_dead(handle: WorkerHandle) -> bool:
     if handle.pidfd is not None:
         return bool(select.select([handle.pidfd], [], [], 0)[0])
     return not handle.process.is_alive()
+
+
+def reset_channels(handle: WorkerHandle) -> None:
+    """Empty a dead worker's channels for its replacement, and what the parent keeps of their
+    words (lane jobs done, the sleep it rang for) with them: a position that waits out a
+    back-off must read its reset words as nothing new, not against the dead worker's counts."""
+    handle.jobs.reset()
+    handle.results.reset()
+    handle.lane_done = handle.lane_quiet = handle.rung = 0
 
 
 def reap(handle: WorkerHandle) -> tuple[int, int | None]:
