@@ -59,7 +59,8 @@ from ._outcomes import Accounting, inside_hook
 from ._pipeline import ChainRest, Continuation, Item, Run, Submission, Ticket, followup_run
 from ._policy import OverrunPolicy
 from ._transport.codec import (
-    FLAG_REPORT, FLAG_RUN, PROTOCOL, RUN_ITEM, UNDECODABLE, decode_events, encode_event, encode_run,
+    FLAG_REPORT, FLAG_RUN, PROTOCOL, RUN_ITEM, UNDECODABLE, decode_events, encode_event, encode_plain,
+    encode_run,
 )
 from ._transport.packing import CHUNK_MAX, Encoded, check_event, check_pickles, encode_many, encode_one
 from ._transport.ring import SlotRing
@@ -204,14 +205,24 @@ class Bus:
     def subscribe(self, event: Event, ctx: Context | None, timeout: float | None, attempts: int = 0) -> None:
         """Check and encode ``event``, then (under the lock) make room and write it."""
         self.check_open()
-        encoded = self._encode(event, ctx, attempts)
+        payload = None
+        if (type(event) is Event and event.projection is self._checked and ctx is None and not attempts
+                and not self.keeps_objects):
+            # The usual event of a stream: its projection object checked before (see _encode),
+            # it is pickled in one step and joins the open slot.
+            payload = encode_plain(event)
+            if payload is not None and len(payload) > self.slots.capacity:
+                payload = None
+        encoded = _KEPT_ONE if payload is not None else self._encode(event, ctx, attempts)
         lock = self.lock
         take(lock)  # see _lock: several producing threads must not convoy here
         try:
             self.check_open()
-            if (not self.keeps_objects and ctx is None and not attempts and not encoded[1]
+            if payload is not None:
+                self._gather(event, payload, self._checked_route, timeout)
+            elif (not self.keeps_objects and ctx is None and not attempts and not encoded[1]
                     and not encoded[3] and len(encoded[0]) <= self.slots.capacity and type(event) is Event):
-                self._gather(event, encoded, timeout)
+                self._gather(event, encoded[0], encoded[2], timeout)
             else:
                 self._enqueue(encoded, ctx, timeout, _keep(event, ctx, attempts))
         finally:
@@ -221,7 +232,7 @@ class Bus:
         if self.changed is not None and _monotonic() >= self.tick_due:
             self.changed()
 
-    def _gather(self, event: Event, encoded: Encoded, timeout: float | None) -> None:
+    def _gather(self, event: Event, payload: bytes, route: int, timeout: float | None) -> None:
         """Worker mode: a plain event joins the *open slot*, where consecutive single subscribes
         of one projection object gather until a publish (or any other write) seals them into
         one *run* (``FLAG_RUN``: their own pickles, one after another): the workers then meet
@@ -231,7 +242,6 @@ class Bus:
         event that fits a slot alone gathers, and a run grows past a slot only into a page that
         was free when it opened: sealing, done under the lock before any other write, needs no
         new memory and cannot fail. Under the lock."""
-        payload, route = encoded[0], encoded[2]
         slots = self.slots
         if slots.free_events < 1:
             self._reserve(1, None, timeout)  # may drop from the open slot, or wait and let it go

@@ -128,3 +128,35 @@ def test_an_event_of_a_run_that_cannot_be_decoded_is_charged_alone():
     assert [letter.event.projection for letter in letters] == ["busmp.undecodable"]
     assert isinstance(letters[0].error, ValueError) and "cannot be unpickled" in str(letters[0].error)
     assert (metrics.processed, metrics.errors) == (12, 1)
+
+
+def test_events_of_a_checked_projection_that_plain_pickle_cannot_take_alone_take_the_general_path():
+    """After a first plain event, an event of the same projection object is pickled in one step
+    and gathered; one that needs more (a large buffer out of band, cloudpickle, a slot of its
+    own) is encoded as before, and one that cannot travel is refused, the store unchanged."""
+    import threading
+
+    import numpy as np
+
+    handled: list[object] = []
+    with store_with(handled, dlq=DeadLetterQueue()) as store:
+        store.subscribe(Event("p", 0))  # the projection object is checked here
+        big = np.arange(1 << 17, dtype=np.int64)  # 1 MiB: out of band
+        store.subscribe(Event("p", big))
+        store.subscribe(Event("p", lambda: 7))  # only cloudpickle takes a lambda
+        store.subscribe(Event("p", b"y" * 3000))  # bigger than a slot
+        store.subscribe(Event("p", 4))
+        before = store.stats().pending
+        try:
+            store.subscribe(Event("p", threading.Lock()))
+        except TypeError as exc:
+            assert "cannot be pickled" in str(exc)
+        else:
+            raise AssertionError("an event holding a lock was accepted")
+        assert store.stats().pending == before == 5
+        assert store.publish() == 5
+        store.flush(timeout=FLUSH)
+    data = {type(d).__name__: d for _, d, _ in handled}
+    assert len(handled) == 5 and all(error is None for _, _, error in handled)
+    assert np.array_equal(data["ndarray"], big) and data["function"]() == 7 and data["bytes"] == b"y" * 3000
+    assert sorted(d for _, d, _ in handled if isinstance(d, int)) == [0, 4]

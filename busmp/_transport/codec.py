@@ -36,7 +36,7 @@ __all__ = [
     "FLAG_CLOUDPICKLE", "FLAG_ENVELOPE", "FLAG_OVERFLOW", "FLAG_CHUNK", "FLAG_MIXED", "FLAG_PAGED", "FLAG_REPORT",
     "FLAG_RUN", "encode_run", "run_items", "decode_run",
     "UNDECODABLE", "DECODE_HANDLER",
-    "encode_event", "encode_chunk", "decode_event", "decode_events", "dumps", "portable_exception",
+    "encode_plain", "encode_event", "encode_chunk", "decode_event", "decode_events", "dumps", "portable_exception",
 ]
 
 FLAG_CLOUDPICKLE = 1 << 0  # written by cloudpickle (pickle.loads still reads it)
@@ -52,6 +52,7 @@ FLAG_RUN = 1 << 7          # payload is a *run*: single events' own pickles, eac
 RUN_ITEM = struct.Struct("<I")
 
 PROTOCOL = 5
+_pickle_dumps = pickle.dumps
 
 #: A slot that cannot be decoded becomes a dead letter of this projection (its raw bytes as
 #: data), charged to this handler name, in the parent and in workers alike.
@@ -111,6 +112,17 @@ def _collect_into(buffers: list[memoryview]) -> Any:
         return False
 
     return keep_in_band
+
+
+def encode_plain(event: Event) -> bytes | None:
+    """The pickle of an event with no context, as :func:`encode_event` makes it, in one step;
+    None when plain pickle cannot make it alone (a large buffer to leave out of band, an
+    object only cloudpickle takes, an error to name): then ``encode_event`` does it."""
+    try:
+        return _pickle_dumps((event.projection, event.data, event.id, event.args), PROTOCOL,
+                             buffer_callback=_in_band_only)
+    except Exception:
+        return None
 
 
 def encode_event(event: Event, ctx: Context | None = None, attempts: int = 0,
