@@ -508,15 +508,36 @@ class Worker:
         if self.timeout_ns:
             chains = self.timed_chain
         words, base = self.progress
+        at = base + CUR_POS
         quiet = self.quiet
         projection: object = _NOTHING
         chain: tuple[tuple[Any, str], ...] = ()
         several = False
+        only: Any = None  # the one handler of a projection that has one, and its name
+        name = ""
         for event in events:
             if event.projection is not projection:
                 projection = event.projection
                 chain = chains(projection)
                 several = len(chain) > 1
+                only, name = chain[0] if len(chain) == 1 else (None, "")
+            if only is not None:
+                # The usual case, a projection with one handler, without the loop over a chain
+                # (an iterator and an unpacking per event): the same steps as the loop below.
+                try:
+                    result = only(ctx, event)
+                except BaseException as exc:  # the worker must outlive its handlers
+                    report(pos, name, None, exc, 0)
+                else:
+                    if result is not None and type(result) is not Result and isinstance(result, Awaitable):
+                        self.defer_chain(result, name, (), event, ctx, pos, 0)
+                    elif want:
+                        report(pos, name, NO_RESULT if result is None else result, None, 0)
+                    else:
+                        quiet += 1
+                pos += 1
+                words[at] = (quiet << 32) | pos  # progress_word: from here a crash spares this event
+                continue
             for call, (fn, name) in enumerate(chain):
                 try:
                     result = fn(ctx, event)
@@ -533,7 +554,7 @@ class Worker:
                 if several:
                     words[base + CUR_CALL] = call_word(pos, call + 1)  # the calls done so far
             pos += 1
-            words[base + CUR_POS] = (quiet << 32) | pos  # progress_word: from here a crash spares this event
+            words[at] = (quiet << 32) | pos
         self.quiet = quiet
 
     def decode(self, slot: int, seq: int, pos: int, count: int) -> Decoded | None:
