@@ -205,24 +205,24 @@ class Bus:
     def subscribe(self, event: Event, ctx: Context | None, timeout: float | None, attempts: int = 0) -> None:
         """Check and encode ``event``, then (under the lock) make room and write it."""
         self.check_open()
-        payload = None
-        if (type(event) is Event and event.projection is self._checked and ctx is None and not attempts
-                and not self.keeps_objects):
-            # The usual event of a stream: its projection object checked before (see _encode),
-            # it is pickled in one step and joins the open slot.
+        # A plain event that fits a slot alone joins the open slot (worker mode, see _gather).
+        plain = type(event) is Event and ctx is None and not attempts and not self.keeps_objects
+        payload, route, capacity = None, self._checked_route, self.slots.capacity
+        if plain and event.projection is self._checked:
+            # The usual event of a stream, its projection object checked before (see _encode):
+            # pickled in one step.
             payload = encode_plain(event)
-            if payload is not None and len(payload) > self.slots.capacity:
+        if payload is None or len(payload) > capacity:
+            encoded = self._encode(event, ctx, attempts)
+            payload, route = encoded[0], encoded[2]
+            if not plain or encoded[1] or encoded[3] or len(payload) > capacity:
                 payload = None
-        encoded = _KEPT_ONE if payload is not None else self._encode(event, ctx, attempts)
         lock = self.lock
         take(lock)  # see _lock: several producing threads must not convoy here
         try:
             self.check_open()
             if payload is not None:
-                self._gather(event, payload, self._checked_route, timeout)
-            elif (not self.keeps_objects and ctx is None and not attempts and not encoded[1]
-                    and not encoded[3] and len(encoded[0]) <= self.slots.capacity and type(event) is Event):
-                self._gather(event, encoded[0], encoded[2], timeout)
+                self._gather(event, payload, route, timeout)
             else:
                 self._enqueue(encoded, ctx, timeout, _keep(event, ctx, attempts))
         finally:

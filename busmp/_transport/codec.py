@@ -52,7 +52,6 @@ FLAG_RUN = 1 << 7          # payload is a *run*: single events' own pickles, eac
 RUN_ITEM = struct.Struct("<I")
 
 PROTOCOL = 5
-_pickle_dumps = pickle.dumps
 
 #: A slot that cannot be decoded becomes a dead letter of this projection (its raw bytes as
 #: data), charged to this handler name, in the parent and in workers alike.
@@ -119,8 +118,8 @@ def encode_plain(event: Event) -> bytes | None:
     None when plain pickle cannot make it alone (a large buffer to leave out of band, an
     object only cloudpickle takes, an error to name): then ``encode_event`` does it."""
     try:
-        return _pickle_dumps((event.projection, event.data, event.id, event.args), PROTOCOL,
-                             buffer_callback=_in_band_only)
+        return pickle.dumps((event.projection, event.data, event.id, event.args), PROTOCOL,
+                            buffer_callback=_in_band_only)
     except Exception:
         return None
 

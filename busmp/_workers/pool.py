@@ -271,8 +271,7 @@ class ProcessExecutor:
         try:
             if handle.process is None or self.closing or self._broken is not None:
                 return False
-            done = (handle.jobs.control(LANE_DONE) - handle.lane_done) & LANE_MASK
-            if len(handle.lane) <= done:
+            if _unfinished(handle) <= 0:
                 return False  # it has caught up
             if not self._held:
                 self._held_since = time.monotonic()
@@ -294,8 +293,7 @@ class ProcessExecutor:
         with self.lock:
             handle, caught_up = self._lane_worker, True
             if handle is not None and handle.process is not None and not self.closing:
-                done = (handle.jobs.control(LANE_DONE) - handle.lane_done) & LANE_MASK
-                caught_up = len(handle.lane) <= done
+                caught_up = _unfinished(handle) <= 0
             if not (caught_up or force or self._attending
                     or time.monotonic() - self._held_since >= HOLD_SECONDS):
                 return
@@ -310,6 +308,7 @@ class ProcessExecutor:
         return max(0.0, self._held_since + HOLD_SECONDS - time.monotonic())
 
     def _hand_over(self, slots: list[int], caught_up: bool) -> None:
+        """The held events go: as one lane job to a worker that has caught up, else planned."""
         if not (caught_up and self._by_lane(slots, HOLD_EVENTS + LANE_EVENTS)):
             self._plan(slots, None)
 
@@ -378,8 +377,7 @@ class ProcessExecutor:
         for handle in self.handles:
             if handle.process is None:
                 continue
-            done = (handle.jobs.control(LANE_DONE) - handle.lane_done) & LANE_MASK
-            load = len(handle.lane) - done + len(handle.outstanding) - handle.parked
+            load = _unfinished(handle) + len(handle.outstanding) - handle.parked
             if load < LANE_SPILL:
                 return handle
             if load < least:
@@ -798,6 +796,11 @@ class ProcessExecutor:
         for handle in self.handles:
             processes.close_handle(handle)
         self.collector.close()
+
+
+def _unfinished(handle: WorkerHandle) -> int:
+    """Lane jobs ``handle``'s worker holds and has not finished (LANE_DONE counts the rest)."""
+    return len(handle.lane) - ((handle.jobs.control(LANE_DONE) - handle.lane_done) & LANE_MASK)
 
 
 def _cannot_start(method: str, pid: int, exitcode: int | None) -> str:
