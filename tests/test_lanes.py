@@ -42,13 +42,18 @@ def lane_jobs_done(store: EventStore) -> int:
     return sum(handle.lane_done for handle in store._bus.executor.handles)
 
 
+def stream(store: EventStore, count: int) -> None:
+    """``count`` events one at a time, as an event bus is used: subscribe, publish, and again."""
+    for i in range(count):
+        store.subscribe(Event("p", i))
+        store.publish()
+
+
 def test_one_event_publishes_go_by_lane_and_each_is_counted_once():
     d = Dispatcher()
     d.register("p", noop)
     with EventStore(d, workers=2, start_method="fork") as store:
-        for i in range(2000):
-            store.subscribe(Event("p", i))
-            store.publish()
+        stream(store, 2000)
         store.flush(timeout=FLUSH)
         stats = store.stats()
         assert store.metrics().processed == 2000
@@ -138,9 +143,7 @@ def test_flush_from_another_thread_sees_a_stream_finish():
         done = threading.Event()
 
         def produce() -> None:
-            for i in range(600):
-                store.subscribe(Event("p", i))
-                store.publish()
+            stream(store, 600)
             done.set()
 
         producer = threading.Thread(target=produce)
@@ -164,9 +167,7 @@ def test_publishes_to_a_busy_lane_worker_are_held_and_travel_together():
     d = Dispatcher()
     d.register("p", slower)
     with EventStore(d, workers=1, start_method="fork") as store:
-        for i in range(100):
-            store.subscribe(Event("p", i))
-            store.publish()
+        stream(store, 100)
         store.flush(timeout=FLUSH)
         executor = store._bus.executor
         assert store.metrics().processed == 100
@@ -182,9 +183,7 @@ def test_held_events_are_handled_without_flush():
     d = Dispatcher()
     d.register("p", slower)
     with EventStore(d, workers=2, start_method="fork") as store:
-        for i in range(60):
-            store.subscribe(Event("p", i))
-            store.publish()
+        stream(store, 60)
         deadline = time.monotonic() + FLUSH
         while store.metrics().processed < 60 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -197,9 +196,7 @@ def test_drain_right_after_a_held_stream_handles_every_event_once(workers):
     d.register("p", odd_fails)
     d.register("p", slower)
     store = EventStore(d, workers=workers, start_method="fork", dlq=DeadLetterQueue())
-    for i in range(80):
-        store.subscribe(Event("p", i))
-        store.publish()
+    stream(store, 80)
     store.drain(timeout=FLUSH)
     assert store.metrics().processed == 160  # two handlers, each called once per event
     assert sorted(letter.event.data for letter in store.dlq.entries()) == list(range(1, 80, 2))
@@ -223,9 +220,7 @@ def test_a_position_waiting_out_a_back_off_reads_its_reset_channels_as_nothing_n
             deadline = time.monotonic() + FLUSH
             while handle.process is None and time.monotonic() < deadline:
                 time.sleep(0.001)  # the first replacement starts at once; wait for it
-            for i in range(200):
-                store.subscribe(Event("p", i))
-                store.publish()
+            stream(store, 200)
             sent += 200
             store.flush(timeout=FLUSH)
             assert handle.lane_done > 0  # the stream went to position 0 (the first that keeps up)
@@ -236,9 +231,7 @@ def test_a_position_waiting_out_a_back_off_reads_its_reset_channels_as_nothing_n
                 time.sleep(0.001)  # until the collector has taken the death in
         assert handle.process is None and handle.restart_at is not None  # waiting out the back-off
         assert not executor.has_news(handle)
-        for i in range(100):  # meanwhile the other worker takes the stream
-            store.subscribe(Event("p", i))
-            store.publish()
+        stream(store, 100)  # meanwhile the other worker takes the stream
         sent += 100
         store.flush(timeout=FLUSH)
         assert store.metrics().processed == sent
